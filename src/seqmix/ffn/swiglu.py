@@ -1,0 +1,22 @@
+"""SwiGLU feed-forward (Shazeer 2020): y = W_down (silu(W_gate x) ⊙ W_up x)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from seqmix.ffn.base import FFN, register_ffn
+
+
+@register_ffn("swiglu")
+class SwiGLU(FFN):
+    """Hidden width ``hidden`` (default 8/3·d_model rounded up to a multiple of 8, Llama's choice). Stateless."""
+
+    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1, hidden: int | None = None):
+        super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
+        hidden = hidden or 8 * ((8 * d_model // 3 + 7) // 8)
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x, state=None):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up), state

@@ -1,0 +1,38 @@
+"""RMSNorm and the gated RMSNorm used on the output of linear-attention-style mixers."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x²) + eps) · weight, over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class GatedRMSNorm(RMSNorm):
+    """y = RMSNorm(x) · silu(gate), normalising over groups of `group_size` channels (one group per head).
+
+    This is Mamba-2's `RMSNormGated` (norm before gate) and GLA's fused norm-swish gate.
+    """
+
+    def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-5):
+        super().__init__(dim, eps)
+        self.group_size = group_size or dim
+        if dim % self.group_size:
+            raise ValueError(f"GatedRMSNorm: dim={dim} is not divisible by group_size={self.group_size}")
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], -1, self.group_size)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = x.reshape(shape) * self.weight
+        return x if gate is None else x * F.silu(gate)

@@ -1,0 +1,67 @@
+"""The mixer contract and the registry that names every mixer.
+
+A mixer maps ``x [B, T, d_model] -> y [B, T, d_model]`` causally and carries a recurrent state:
+
+* ``Mixer(d_model, n_heads, *, layer_idx, n_layers, **options)`` — options are the mixer's own keyword
+  arguments; bad values raise ``ValueError`` naming the option and what is allowed;
+* ``init_state(batch_size) -> dict[str, Tensor]`` — every tensor batch-first, on the module's device and
+  dtype (caches, conv tails, SSM states, fast weights...);
+* ``forward(x, state=None, shared=None) -> (y, new_state)`` — ``state=None`` is the training path: start
+  from the zero state and return ``None`` (the mixer may skip building a state). With a state, any number
+  of tokens continues it exactly (T = 1 is decoding). ``shared`` is a dict that lives for one model
+  forward and lets a layer pass values to later layers (RWKV-7's value residual).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqmix.registry import Registry
+
+State = dict[str, torch.Tensor]
+
+MIXERS = Registry("mixer")
+register_mixer = MIXERS.register
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.layer_idx, self.n_layers = d_model, n_heads, layer_idx, n_layers
+        self.head_dim = d_model // n_heads
+
+    def init_state(self, batch_size: int) -> State:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state: State | None = None, shared: dict | None = None):
+        raise NotImplementedError
+
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        """Zeros on this module's device and dtype (for init_state)."""
+        p = next(self.parameters())
+        return p.new_zeros(*shape)
+
+
+def available_mixers() -> list[str]:
+    """Names of all registered mixers, sorted."""
+    return MIXERS.names()
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, T, H·D] -> [B, H, T, D]."""
+    B, T, _ = x.shape
+    return x.view(B, T, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, D] -> [B, T, H·D]."""
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)
+
+
+def choose(value, name: str, allowed) -> None:
+    """Raise a ValueError naming the option when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")

@@ -1,0 +1,100 @@
+"""ModelConfig: everything needed to build a SeqMixLM, validated up front with errors that name the field."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from seqmix.ffn import FFNS
+from seqmix.mixers import MIXERS, available_mixers
+from seqmix.model.patterns import PATTERNS, LayerSpec
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive integer")
+
+
+@dataclass
+class ModelConfig:
+    """A language model: embedding -> n_layers × [x + mixer(norm x); x + ffn(norm x)] -> norm -> head.
+
+    * ``mixer``: one registered mixer for every layer (``available_mixers()``), or
+    * ``pattern``: a hybrid, either a preset name (``seqmix.model.patterns.PATTERNS``) or a per-layer list
+      whose entries are mixer names or ``{"mixer": name, "options": {...}}``.
+    * ``mixer_options``: the mixer's own settings. With ``pattern``, key them by mixer name:
+      ``{"mamba": {...}, "attention": {"window": 128}}``.
+    * ``ffn`` / ``ffn_options``: the channel mixer ("swiglu", ...) and its settings.
+    """
+
+    mixer: str = "attention"
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    pattern: str | list | None = None
+    ffn: str = "swiglu"
+    mixer_options: dict = field(default_factory=dict)
+    ffn_options: dict = field(default_factory=dict)
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads"):
+            _positive_int(name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.ffn not in FFNS.names():
+            raise ValueError(f"ModelConfig.ffn={self.ffn!r}: unknown; choose one of {FFNS.names()}")
+        if not isinstance(self.mixer_options, dict) or not isinstance(self.ffn_options, dict):
+            raise ValueError("ModelConfig.mixer_options and ffn_options must be dicts")
+        specs = self.layer_specs()  # validates mixer / pattern / option names
+        if self.pattern is None and self.mixer not in available_mixers():
+            raise ValueError(f"ModelConfig.mixer={self.mixer!r}: unknown; available: {available_mixers()}")
+        for spec in specs:
+            allowed = MIXERS.option_names(spec.mixer)
+            unknown = sorted(set(spec.options) - set(allowed))
+            if unknown:
+                raise ValueError(f"ModelConfig.mixer_options for {spec.mixer!r}: unknown option(s) {unknown}; "
+                                 f"allowed: {allowed}")
+        unknown = sorted(set(self.ffn_options) - set(FFNS.option_names(self.ffn)))
+        if unknown:
+            raise ValueError(f"ModelConfig.ffn_options for {self.ffn!r}: unknown option(s) {unknown}; "
+                             f"allowed: {FFNS.option_names(self.ffn)}")
+
+    def layer_specs(self) -> list[LayerSpec]:
+        """The mixer name and options of every layer."""
+        if self.pattern is None:
+            return [LayerSpec(self.mixer, dict(self.mixer_options)) for _ in range(self.n_layers)]
+        if isinstance(self.pattern, str):
+            if self.pattern not in PATTERNS:
+                raise ValueError(f"ModelConfig.pattern={self.pattern!r}: unknown preset; "
+                                 f"choose one of {sorted(PATTERNS)} or give a per-layer list of mixer names")
+            entries = PATTERNS[self.pattern](self.n_layers)
+        elif isinstance(self.pattern, (list, tuple)):
+            entries = list(self.pattern)
+            if len(entries) != self.n_layers:
+                raise ValueError(f"ModelConfig.pattern has {len(entries)} entries but n_layers={self.n_layers}")
+        else:
+            raise ValueError(f"ModelConfig.pattern={self.pattern!r}: must be a preset name or a list")
+        specs = [LayerSpec.parse(e) for e in entries]
+        names = {s.mixer for s in specs}
+        for name in names:
+            if name not in available_mixers():
+                raise ValueError(f"ModelConfig.pattern: unknown mixer {name!r}; available: {available_mixers()}")
+        stray = sorted(set(self.mixer_options) - names)
+        if stray:
+            raise ValueError(f"ModelConfig.mixer_options: with a pattern, key options by mixer name; {stray} "
+                             f"are not mixers of this pattern ({sorted(names)})")
+        return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}) for s in specs]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; fields are {sorted(known)}")
+        return cls(**d)

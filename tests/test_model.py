@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from helpers import assert_any_split
+from seqmix import ModelConfig, SeqMixLM, available_mixers
+
+
+@pytest.mark.parametrize("mixer", available_mixers())
+def test_any_split_invariant_every_mixer(mixer):
+    assert_any_split(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2))
+
+
+def test_public_api_and_shapes():
+    model = SeqMixLM(ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=4))
+    tokens = torch.randint(0, 256, (3, 11))
+    assert model(tokens).shape == (3, 11, 256)
+    state = model.init_state(batch_size=3)
+    logits, state = model(tokens[:, :1], state=state)
+    assert logits.shape == (3, 1, 256) and len(state) == 2
+
+
+def test_tied_and_untied_embeddings():
+    tied = SeqMixLM(ModelConfig(d_model=32, n_layers=1, n_heads=2))
+    untied = SeqMixLM(ModelConfig(d_model=32, n_layers=1, n_heads=2, tie_embeddings=False))
+    assert tied.head.weight is tied.embed.weight
+    assert untied.num_parameters() == tied.num_parameters() + 256 * 32
+
+
+def test_per_layer_pattern_list_with_options():
+    cfg = ModelConfig(pattern=["gla", {"mixer": "attention", "options": {"window": 4}}, "linear_attention"],
+                      n_layers=3, d_model=32, n_heads=2, mixer_options={"gla": {"decay": "scalar"}})
+    specs = cfg.layer_specs()
+    assert [s.mixer for s in specs] == ["gla", "attention", "linear_attention"]
+    assert specs[0].options == {"decay": "scalar"} and specs[1].options == {"window": 4}
+    assert_any_split(cfg)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mixer="transformerz"), "unknown; available"),
+    (dict(d_model=30, n_heads=4), "divisible by n_heads"),
+    (dict(n_layers=0), "n_layers=0"),
+    (dict(ffn="mlp9"), "ffn='mlp9'"),
+    (dict(mixer="gla", mixer_options={"decay_mode": "x"}), "unknown option(s) ['decay_mode']"),
+    (dict(mixer="gla", mixer_options={"decay": "sometimes"}), "decay='sometimes'"),
+    (dict(pattern="no-such-hybrid"), "unknown preset"),
+    (dict(pattern=["gla"], n_layers=2), "has 1 entries"),
+    (dict(pattern=["gla", "gla"], n_layers=2, mixer_options={"mamba": {}}), "key options by mixer name"),
+    (dict(mixer="attention", mixer_options={"window": 0}), "window=0"),
+])
+def test_config_errors_name_the_field(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        SeqMixLM(ModelConfig(**kwargs))
+    assert message in str(err.value)
+
+
+def test_token_ids_out_of_range_are_refused():
+    model = SeqMixLM(ModelConfig(d_model=32, n_layers=1, n_heads=2))
+    with pytest.raises(ValueError, match="vocab_size=256"):
+        model(torch.tensor([[1, 256]]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="state has 3 layers"):
+        model(torch.tensor([[1]]), state=model.init_state(1) * 3)
