@@ -1,0 +1,5 @@
+import sys
+
+from seqmix.cli import main
+
+sys.exit(main())
