@@ -10,6 +10,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("seqmix.bench.cli", "time mixers: forward per token vs length, decode latency vs context"),
 }
 
 

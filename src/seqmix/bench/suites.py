@@ -1,0 +1,89 @@
+"""Benchmark suites for `seqmix bench`: one mixer layer at a time, float32, batch 1, no autograd.
+
+* forward: time per token of the parallel/chunked path vs sequence length L (prefill/training shape);
+* decode: latency of one recurrent step after a context of C tokens (KV cache vs fixed-size state).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from seqmix.bench.harness import Roofline, time_interleaved
+from seqmix.mixers import MIXERS
+from seqmix.model.state import map_state
+
+
+def build_mixer(name: str, d_model: int, n_heads: int, options: dict | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MIXERS.build(name, d_model, n_heads, options=options or {}).float().eval()
+
+
+def count_flops(mixer: torch.nn.Module, x: torch.Tensor) -> float:
+    """Matmul FLOPs of one forward. FlopCounterMode misses SDPA on CPU, so causal attention's
+    2·(T²/2)·D·2 per head is added analytically for the attention mixer."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        mixer(x)
+    flops = counter.get_total_flops()
+    if getattr(mixer, "registered_name", "") == "attention":
+        T = x.shape[1]
+        visible = T * (T + 1) / 2 if mixer.window is None else T * min(T, mixer.window)
+        flops += 4 * x.shape[0] * mixer.n_heads * visible * mixer.head_dim
+    return float(flops)
+
+
+def state_bytes(state) -> int:
+    total = 0
+
+    def add(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    map_state(add, state)
+    return total
+
+
+def forward_suite(mixers: list[str], lengths: list[int], d_model: int, n_heads: int, roof: Roofline,
+                  options: dict, rounds: int, min_time: float, progress=None) -> list[dict]:
+    rows = []
+    built = {m: build_mixer(m, d_model, n_heads, options.get(m)) for m in mixers}
+    for L in lengths:
+        x = torch.randn(1, L, d_model)
+        cands = {}
+        for m, mixer in built.items():
+            cands[m] = (lambda mixer=mixer: mixer(x))
+        with torch.no_grad():
+            timings = time_interleaved(cands, rounds=rounds, min_time=min_time)
+        for m, t in timings.items():
+            flops = count_flops(built[m], x)
+            rows.append({"suite": "forward", "mixer": m, "L": L, "seconds": t.median, "iqr": t.spread,
+                         "us_per_token": 1e6 * t.median / L, "gflops": flops / t.median / 1e9,
+                         "roof_fraction": roof.compute_fraction(flops, t.median), "other_cpu": t.other_cpu_share})
+            if progress:
+                progress(rows[-1])
+    return rows
+
+
+def decode_suite(mixers: list[str], contexts: list[int], d_model: int, n_heads: int, roof: Roofline,
+                 options: dict, rounds: int, min_time: float, progress=None) -> list[dict]:
+    rows = []
+    built = {m: build_mixer(m, d_model, n_heads, options.get(m)) for m in mixers}
+    for C in contexts:
+        token = torch.randn(1, 1, d_model)
+        cands, states = {}, {}
+        with torch.no_grad():
+            for m, mixer in built.items():
+                _, states[m] = mixer(torch.randn(1, C, d_model), state=mixer.init_state(1))
+                cands[m] = (lambda mixer=mixer, s=states[m]: mixer(token, state=s))
+            timings = time_interleaved(cands, rounds=rounds, min_time=min_time)
+        for m, t in timings.items():
+            params = sum(p.numel() * p.element_size() for p in built[m].parameters())
+            nbytes = params + state_bytes(states[m])
+            rows.append({"suite": "decode", "mixer": m, "context": C, "seconds": t.median, "iqr": t.spread,
+                         "us_per_token": 1e6 * t.median, "state_bytes": state_bytes(states[m]),
+                         "bandwidth_fraction": roof.bandwidth_fraction(nbytes, t.median),
+                         "other_cpu": t.other_cpu_share})
+            if progress:
+                progress(rows[-1])
+    return rows
