@@ -1,0 +1,1 @@
+"""Benchmarks: timing harness, machine roofline, suites for `seqmix bench`, KAN vs MLP."""
