@@ -10,6 +10,11 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("seqmix.commands.train", "train a byte-level language model (default: a small model on Shakespeare)"),
+    "eval": ("seqmix.commands.eval", "bits per byte of a checkpoint on validation/test, and loss by position"),
+    "generate": ("seqmix.commands.generate", "continue a prompt with a trained checkpoint"),
+    "kan-vs-mlp": ("seqmix.bench.kan_vs_mlp", "KAN against an MLP on sklearn digits"),
+    "arena": ("seqmix.arena.cli", "train, evaluate and race architectures on the same data; write a report"),
     "bench": ("seqmix.bench.cli", "time mixers: forward per token vs length, decode latency vs context"),
 }
 

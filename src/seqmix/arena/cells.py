@@ -51,7 +51,8 @@ def lm_cell(arch: Arch, d_model: int, lm: LMSettings, workdir, corpus=None, mixe
     steps = max(1, tokens // (lm.batch_size * lm.seq_len))
     config = TrainConfig(model=model_cfg, steps=steps, batch_size=lm.batch_size, seq_len=lm.seq_len, lr=lm.lr,
                          warmup_steps=max(1, steps // 10), eval_interval=steps + 1, eval_bytes=lm.seq_len,
-                         checkpoint_interval=max(1, steps // 4), log_interval=max(1, steps // 50),
+                         final_eval_bytes=lm.seq_len, checkpoint_interval=max(1, steps // 4),
+                         log_interval=max(1, steps // 50),
                          out_dir=str(workdir), seed=0)
     result = train(config, resume=latest(workdir / "checkpoints") is not None, quiet=True, progress=progress)
     model = result["model"].eval()

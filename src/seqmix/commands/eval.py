@@ -1,0 +1,42 @@
+"""`seqmix eval`: bits per byte of a checkpoint on the validation and test splits, and loss by position."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from seqmix.data import load_corpus
+from seqmix.eval import evaluate
+from seqmix.train import load_model
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory or a run directory (newest checkpoint)")
+    p.add_argument("--split", choices=("validation", "test", "both"), default="both")
+    p.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
+    p.add_argument("--seq-len", type=int, help="window length (default: the training sequence length)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-bytes", type=int, help="evaluate an evenly spread subset of about this many bytes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the full results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, ckpt = load_model(args.checkpoint, device=args.device)
+    trained = ckpt.config["train"]
+    corpus = load_corpus(args.corpus if args.corpus is not None else trained["corpus"])
+    seq_len = args.seq_len or trained["seq_len"]
+    splits = ("validation", "test") if args.split == "both" else (args.split,)
+    results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.max_bytes)
+               for s in splits}
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt.directory), "step": ckpt.meta["step"], **results}, indent=2))
+        return 0
+    print(f"{ckpt.directory} (step {ckpt.meta['step']}), corpus {corpus.name}, windows of {seq_len} bytes")
+    for s, r in results.items():
+        print(f"{s:>10}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} bytes")
+    for s, r in results.items():
+        if r["loss_by_position_buckets"]:
+            print(f"\n{s} bits per byte by position (0-based, averaged over each range):")
+            for b in r["loss_by_position_buckets"]:
+                print(f"  [{b['start']:>6}, {b['end']:>6})  {b['bpb']:.4f}")
+    return 0

@@ -1,0 +1,115 @@
+"""`seqmix train`: train a byte-level language model (defaults: a small attention model on Shakespeare)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from seqmix.train import NonFiniteError, TrainConfig, train
+
+# without --steps or --tokens the run is also capped in time: the default run must finish well inside
+# 10 minutes on 2 CPU cores, however fast the machine is
+DEFAULT_TIME_BUDGET = 420.0
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"window\": 128}'")
+    return value
+
+
+def _pattern(text: str):
+    """A preset name, a comma-separated list of mixer names, or a JSON list."""
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [p.strip() for p in text.split(",")] if "," in text else text
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig().model
+    m = p.add_argument_group(f"model (default: {d.mixer}, d_model={d.d_model}, n_layers={d.n_layers}, "
+                             f"n_heads={d.n_heads})")
+    m.add_argument("--mixer", help="mixer of every layer (see available_mixers())")
+    m.add_argument("--pattern", type=_pattern, help="hybrid: a preset name, 'gla,attention,...' or a JSON list")
+    m.add_argument("--d-model", type=int)
+    m.add_argument("--n-layers", type=int)
+    m.add_argument("--n-heads", type=int)
+    m.add_argument("--mixer-options", type=_json_dict, help='JSON, e.g. \'{"window": 128}\'')
+    m.add_argument("--ffn", help="channel mixer (default swiglu)")
+    m.add_argument("--ffn-options", type=_json_dict, help="JSON")
+    t = p.add_argument_group("training (defaults from TrainConfig)")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help=f"optimiser steps (default {TrainConfig().total_steps})")
+    budget.add_argument("--tokens", type=int, help="token budget instead of --steps")
+    t.add_argument("--time-budget", type=float,
+                   help="seconds; the schedule follows whichever budget runs out first; 0 = none (default: "
+                        f"{DEFAULT_TIME_BUDGET:g} when neither --steps nor --tokens is given, else none)")
+    for flag, kind in (("--batch-size", int), ("--seq-len", int), ("--lr", float), ("--warmup-steps", int),
+                       ("--weight-decay", float), ("--grad-clip", float), ("--eval-interval", int),
+                       ("--log-interval", int), ("--checkpoint-interval", int), ("--seed", int)):
+        t.add_argument(flag, type=kind)
+    t.add_argument("--corpus", help="a text file, a directory of text files or a glob (default: Shakespeare)")
+    t.add_argument("--out", help="run directory (default runs/<mixer>-<time>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint, with its saved settings")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--dtype", choices=("float32", "bfloat16"))
+    t.add_argument("--on-nonfinite", choices=("stop", "skip"))
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig from the flags given; with --resume, the run's own config.json with the flags applied."""
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out (the run directory to continue)")
+    saved = Path(args.out) / "config.json" if args.out is not None else None
+    if args.resume and saved.exists():
+        fields = TrainConfig.from_dict(json.loads(saved.read_text(encoding="utf-8"))).to_dict()
+    else:
+        fields = TrainConfig().to_dict()
+    model = fields["model"]
+    for name in ("mixer", "pattern", "d_model", "n_layers", "n_heads", "mixer_options", "ffn", "ffn_options"):
+        if getattr(args, name) is not None:
+            model[name] = getattr(args, name)
+    if isinstance(args.pattern, list) and args.n_layers is None:
+        model["n_layers"] = len(args.pattern)
+    for name in ("steps", "tokens", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "grad_clip",
+                 "eval_interval", "log_interval", "checkpoint_interval", "seed", "corpus", "device", "dtype",
+                 "on_nonfinite"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.steps is not None or args.tokens is not None:  # the flag given replaces a saved budget
+        fields["tokens" if args.steps is not None else "steps"] = None
+    if args.time_budget is not None:
+        fields["time_budget"] = args.time_budget or None
+    elif not args.resume and args.steps is None and args.tokens is None:
+        fields["time_budget"] = DEFAULT_TIME_BUDGET
+    name = model["pattern"] if isinstance(model["pattern"], str) else "hybrid" if model["pattern"] else model["mixer"]
+    fields["out_dir"] = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return TrainConfig.from_dict(fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    m = config.model
+    print(f"seqmix train: {m.pattern or m.mixer}, d_model={m.d_model}, n_layers={m.n_layers}, n_heads={m.n_heads}; "
+          f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} bytes"
+          + (f", at most {config.time_budget:g} s" if config.time_budget else "") + f"; run directory {config.out_dir}",
+          flush=True)
+    try:
+        result = train(config, resume=args.resume, quiet=args.quiet)
+    except NonFiniteError as err:
+        print(f"seqmix train: {err}")
+        return 1
+    val = result["val"]
+    print(f"trained {result['parameters']:,} parameters for {result['steps']} steps ({result['tokens']:,} tokens) "
+          f"in {result['elapsed_s']:.0f} s, stopped by the {result['stopped_by'].replace('_', ' ')}; "
+          f"last training loss {result['train_loss'] / 0.6931471805599453:.3f} bits per byte")
+    print(f"validation: {result['val_bpb']:.4f} bits per byte ({val['bytes']:,} bytes, windows of {val['seq_len']})")
+    print(f"checkpoint: {result['checkpoint']}")
+    return 0

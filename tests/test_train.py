@@ -1,0 +1,225 @@
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from seqmix import ModelConfig, SeqMixLM
+from seqmix.cli import main
+from seqmix.data import shakespeare
+from seqmix.eval import evaluate
+from seqmix.train import Checkpoint, NonFiniteError, TrainConfig, load_model, train
+from seqmix.train.checkpoint import MODEL_FILE, META_FILE, latest, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    """A small real-text corpus: 24 pieces of 4 kB from six plays (split by file: ~90/5/5)."""
+    root = tmp_path_factory.mktemp("corpus")
+    texts = shakespeare.load_texts()
+    for name in ("hamlet_gut.txt", "othello_gut.txt", "lear_gut.txt", "tempest_gut.txt", "john_gut.txt",
+                 "henry_v_gut.txt"):
+        for part in range(4):
+            (root / f"{name[:-8]}_{part}.txt").write_bytes(texts[name][20000 + 4096 * part:20000 + 4096 * (part + 1)])
+    return str(root)
+
+
+def tiny(corpus, out=None, **overrides) -> TrainConfig:
+    fields = dict(model=ModelConfig(mixer="gla", d_model=32, n_layers=1, n_heads=2), corpus=corpus, steps=8,
+                  batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_interval=1000, log_interval=1,
+                  checkpoint_interval=3, out_dir=None if out is None else str(out), device="cpu")
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def losses(out) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def test_tiny_training_run_lowers_validation_loss(corpus_dir):
+    config = tiny(corpus_dir, steps=60, model=ModelConfig(mixer="attention", d_model=32, n_layers=2, n_heads=2))
+    torch.manual_seed(config.seed)
+    untrained = SeqMixLM(config.model)  # the same initial weights train() starts from
+    from seqmix.data import load_corpus
+    before = evaluate(untrained, load_corpus(corpus_dir)["validation"], 32)["bpb"]
+    result = train(config, quiet=True)
+    assert result["steps"] == 60 and result["tokens"] == 60 * 4 * 32 and result["stopped_by"] == "steps"
+    assert before > 7.5 and result["val_bpb"] < before - 2.0  # from ~8 (uniform) to well below
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, corpus_dir):
+    full = train(tiny(corpus_dir, tmp_path / "full"), quiet=True)
+
+    def crash_at_step_5(record):
+        if record["step"] == 5:
+            raise KeyboardInterrupt  # killed after the checkpoint at step 3, with steps 4-5 logged
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(corpus_dir, tmp_path / "cut"), quiet=True, progress=crash_at_step_5)
+    assert latest(tmp_path / "cut" / "checkpoints").name == "step_00000003"
+    resumed = train(tiny(corpus_dir, tmp_path / "cut"), resume=True, quiet=True)
+    assert resumed["history"][0]["step"] == 4
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")  # step for step, bit for bit
+    assert len(losses(tmp_path / "full")) == 8
+    for a, b in zip(full["model"].parameters(), resumed["model"].parameters()):
+        assert torch.equal(a, b)
+
+
+KILL_AT_STEP_5 = """
+import os, signal, sys
+from seqmix import ModelConfig
+from seqmix.train import TrainConfig, train
+
+def kill(record):
+    if record["step"] == 5:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handlers: the process just ends
+
+train(TrainConfig(model=ModelConfig(mixer="gla", d_model=32, n_layers=1, n_heads=2), corpus=sys.argv[1], steps=8,
+                  batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_interval=1000, log_interval=1,
+                  checkpoint_interval=3, out_dir=sys.argv[2], device="cpu"), quiet=True, progress=kill)
+"""
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_dir):
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP_5, corpus_dir, str(out)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert max(losses(out)) == 5 and latest(out / "checkpoints").name == "step_00000003"
+    stale = out / "checkpoints" / ".step_00000006.tmp-12345"  # as if killed while writing a checkpoint
+    stale.mkdir()
+    (stale / MODEL_FILE).write_bytes(b"half a file")
+    train(tiny(corpus_dir, out), resume=True, quiet=True)
+    assert not stale.exists()
+    train(tiny(corpus_dir, tmp_path / "full"), quiet=True)
+    assert losses(out) == losses(tmp_path / "full")
+
+
+def test_existing_run_needs_resume_and_resume_refuses_a_different_model(tmp_path, corpus_dir):
+    train(tiny(corpus_dir, tmp_path, steps=3), quiet=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny(corpus_dir, tmp_path, steps=3), quiet=True)
+    other = ModelConfig(mixer="gla", d_model=64, n_layers=1, n_heads=2)
+    with pytest.raises(ValueError, match="cannot resume .*model"):
+        train(tiny(corpus_dir, tmp_path, steps=6, model=other), resume=True, quiet=True)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["d_model"] == 32  # the run's own, kept
+
+
+def test_checkpoint_round_trip(tmp_path, corpus_dir):
+    result = train(tiny(corpus_dir, tmp_path, steps=3), quiet=True)
+    model, ckpt = load_model(tmp_path)  # a run directory resolves to its newest checkpoint
+    assert ckpt.meta["step"] == 3 and ckpt.meta["data"]["position"] == 3
+    assert ckpt.config["model"] == result["model"].config.to_dict()
+    tokens = torch.randint(0, 256, (2, 20))
+    assert torch.equal(model(tokens), result["model"](tokens))
+    tied = SeqMixLM(ModelConfig(d_model=16, n_layers=1, n_heads=2))
+    save_checkpoint(tmp_path / "tied", tied, {"model": tied.config.to_dict()}, {"step": 0})
+    again, _ = load_model(tmp_path / "tied")
+    assert again.head.weight is again.embed.weight and torch.equal(again.embed.weight, tied.embed.weight)
+
+
+def test_truncated_or_corrupt_checkpoint_is_refused(tmp_path, corpus_dir):
+    train(tiny(corpus_dir, tmp_path, steps=3), quiet=True)
+    ckpt_dir = latest(tmp_path / "checkpoints")
+    weights = ckpt_dir / MODEL_FILE
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors is truncated or corrupt"):
+        load_model(ckpt_dir)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        train(tiny(corpus_dir, tmp_path, steps=5), resume=True, quiet=True)
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same length, one bit flipped
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        Checkpoint(ckpt_dir)
+    weights.write_bytes(data)
+    Checkpoint(ckpt_dir)  # intact again
+    (ckpt_dir / META_FILE).write_text('{"format": "seqmix-checkpoint/1", "sha2')
+    with pytest.raises(ValueError, match="meta.json is corrupt"):
+        Checkpoint(ckpt_dir)
+
+
+def test_mismatched_checkpoint_is_refused_and_nothing_is_loaded(tmp_path):
+    small = SeqMixLM(ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=2))
+    save_checkpoint(tmp_path / "c", small, {"model": small.config.to_dict()}, {"step": 0})
+    ckpt = Checkpoint(tmp_path / "c")
+    wider = SeqMixLM(ModelConfig(mixer="gla", d_model=64, n_layers=2, n_heads=2))
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(ValueError, match=r"does not fit this model: blocks\.0\..*: shape \(.*\) != model's \(.*\)"):
+        ckpt.load_weights(wider)
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())
+    with pytest.raises(ValueError, match="missing blocks.0.mixer"):
+        ckpt.load_weights(SeqMixLM(ModelConfig(mixer="attention", d_model=32, n_layers=2, n_heads=2)))
+    with pytest.raises(FileNotFoundError, match="no seqmix checkpoint"):
+        load_model(tmp_path / "nowhere")
+
+
+class _NaNAtCall:
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+        self.real = torch.nn.functional.cross_entropy
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        loss = self.real(*args, **kwargs)
+        return loss * float("nan") if self.calls == self.n else loss
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(monkeypatch, corpus_dir):
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", _NaNAtCall(3))
+    with pytest.raises(NonFiniteError, match="step 3: loss is nan"):
+        train(tiny(corpus_dir, steps=5, final_eval_bytes=64), quiet=True)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", _NaNAtCall(3))
+    result = train(tiny(corpus_dir, steps=5, on_nonfinite="skip", final_eval_bytes=64), quiet=True)
+    skipped = [r for r in result["history"] if r.get("skipped")]
+    assert [r["step"] for r in skipped] == [3] and result["steps"] == 5
+
+
+def test_time_budget_stops_the_run_and_anneals(corpus_dir):
+    result = train(tiny(corpus_dir, steps=100_000, time_budget=1.0, final_eval_bytes=64), quiet=True)
+    assert result["stopped_by"] == "time_budget" and 0 < result["steps"] < 100_000
+    lrs = [r["lr"] for r in result["history"] if r["kind"] == "train"]
+    assert lrs[-1] < 0.5 * max(lrs)  # the cosine followed the clock, not the 100k steps
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=10, tokens=100), "steps or tokens, not both"),
+    (dict(dtype="float16"), "dtype='float16'"),
+    (dict(batch_size=0), "batch_size=0"),
+    (dict(on_nonfinite="ignore"), "on_nonfinite='ignore'"),
+    (dict(time_budget=0), "time_budget=0"),
+])
+def test_train_config_errors_name_the_field(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**kwargs)
+    assert message in str(err.value)
+
+
+def test_token_budget_and_config_round_trip():
+    config = TrainConfig(tokens=10_000, batch_size=4, seq_len=32)
+    assert config.total_steps == 79
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_bfloat16_autocast_trains(corpus_dir):
+    result = train(tiny(corpus_dir, steps=2, dtype="bfloat16", final_eval_bytes=64), quiet=True)
+    assert result["model"].embed.weight.dtype == torch.float32 and result["val_bpb"] < 9
+
+
+def test_cli_train_eval_smoke(tmp_path, corpus_dir, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--mixer", "gla", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--steps", "4",
+            "--batch-size", "2", "--seq-len", "16", "--corpus", corpus_dir, "--out", str(out), "--quiet",
+            "--mixer-options", '{"decay": "scalar"}']
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "validation:" in printed and "bits per byte" in printed
+    assert json.loads((out / "config.json").read_text())["model"]["mixer_options"] == {"decay": "scalar"}
+    assert main(["train", "--resume", "--out", str(out), "--steps", "6", "--quiet"]) == 0  # its saved settings
+    assert latest(out / "checkpoints").name == "step_00000006"
+    assert main(["eval", "--checkpoint", str(out), "--max-bytes", "256"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation:" in printed and "test:" in printed and "by position" in printed
+    assert main(["train", "--mixer", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown; available" in capsys.readouterr().err
