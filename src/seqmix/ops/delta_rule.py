@@ -1,0 +1,155 @@
+r"""The generalised delta rule: a diagonal-plus-rank-one transition per token.
+
+    S_t = (diag(w_t) + b_t a_tᵀ) S_{t-1} + k_t v_tᵀ,        o_t = S_tᵀ (scale · q_t)
+
+with w_t = exp(log_w_t) ∈ (0, 1], and S ``[B, H, Dk, Dv]`` (the layout of the gated-linear-attention core;
+written in RWKV-7's value-by-key layout this is S_t = S_{t-1}(diag(w_t) + a_t b_tᵀ) + v_t k_tᵀ, RWKV-7
+paper, Peng et al. 2025, §4). Note a_tᵀ reads the state *before* decay. Special cases:
+
+* RWKV-7: a = -κ̂, b = κ̂ ⊙ α (κ̂ the normalised removal key, α the in-context learning rate);
+* DeltaNet (Schlag et al. 2021; Yang et al. 2024): log_w = None, a = -k, b = β k, v ← β v;
+* gated DeltaNet: the same with a scalar log_w per head.
+
+Shapes: q, k, a, b ``[B, H, T, Dk]``, v ``[B, H, T, Dv]``, log_w ``None`` (no decay), ``[B, H, T]`` (one per
+head) or ``[B, H, T, Dk]`` (per key channel). Output ``[B, H, T, Dv]``.
+
+Forms:
+
+* ``parallel`` — the L×L matrix mixer o_t = Σ_{s≤t} (q_tᵀ P_{t,s} k_s) v_s + (P_{t,0}ᵀ q_t)ᵀ S_0 with the
+  transition products P_{t,s} = M_t ⋯ M_{s+1}, M_t = diag(w_t) + b_t a_tᵀ. Products of non-commuting
+  matrices have no closed form, so the oracle builds them by a sequential product over t (a loop over time,
+  O(T²·Dk) memory): exact and obviously right, for tests only.
+* ``chunked`` — the WY/UT chunkwise algorithm (Yang et al. 2024, "Parallelizing Linear Transformers with
+  the Delta Rule over Sequence Length", §3). Inside a chunk the state read u_t = S_{t-1}ᵀ a_t obeys a unit
+  lower-triangular system (I - L) U = A S_0 + L_k V, solved once per chunk; everything else is matmuls with
+  decays applied as exp of non-positive log-space sums (the GLA core's intra-chunk scores); a loop runs
+  over chunks only.
+* ``step`` — one token.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from seqmix.ops import gated_linear_attention as gla
+
+Tensor = torch.Tensor
+
+
+def _prepare(q, k, v, a, b, log_w, state, scale):
+    B, H, T, Dk = q.shape
+    if k.shape != q.shape or a.shape != q.shape or b.shape != q.shape or v.shape[:3] != (B, H, T):
+        raise ValueError(f"delta_rule: q {tuple(q.shape)}, k {tuple(k.shape)}, a {tuple(a.shape)}, "
+                         f"b {tuple(b.shape)}, v {tuple(v.shape)} do not match")
+    if log_w is not None:
+        if log_w.dim() == 3:
+            log_w = log_w.unsqueeze(-1)
+        if log_w.shape[:3] != (B, H, T) or log_w.shape[-1] not in (1, Dk):
+            raise ValueError(f"delta_rule: log_w must be [B,H,T] or [B,H,T,Dk], got {tuple(log_w.shape)}")
+    if state is None:
+        state = q.new_zeros(B, H, Dk, v.shape[-1])
+    return q * scale, log_w, state
+
+
+def parallel(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | None = None,
+             state: Tensor | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Materialised matrix mixer, the transition products built by a sequential product (test oracle)."""
+    q, g, S0 = _prepare(q, k, v, a, b, log_w, state, scale)
+    T = q.shape[2]
+    keys = q.new_zeros(*q.shape[:2], q.shape[-1], T)  # column s holds P_{t,s} k_s (0 for s > t)
+    past = S0  # P_{t,0} S_0
+    onehot = torch.eye(T, dtype=q.dtype, device=q.device)
+    rows, reads = [], []
+    for t in range(T):
+        w_t = 1.0 if g is None else g[:, :, t].exp().unsqueeze(-1)
+        a_t, b_t = a[:, :, t].unsqueeze(-2), b[:, :, t].unsqueeze(-1)
+        keys = w_t * keys + b_t * (a_t @ keys) + k[:, :, t].unsqueeze(-1) * onehot[t]
+        past = w_t * past + b_t * (a_t @ past)
+        rows.append(q[:, :, t].unsqueeze(-2) @ keys)
+        reads.append(q[:, :, t].unsqueeze(-2) @ past)
+    mixer = torch.cat(rows, dim=2)  # [B, H, T, T], lower triangular
+    return mixer @ v + torch.cat(reads, dim=2), keys @ v + past
+
+
+def _scores(x: Tensor, y: Tensor, cum: Tensor | None) -> Tensor:
+    """A[t, s] = Σ_d x_td y_sd exp(cum_td - cum_sd) for s ≤ t inside each chunk (cum non-increasing)."""
+    if cum is None or cum.shape[-1] == 1:
+        return gla._intra_chunk_scalar(x, y, cum)
+    return gla._intra_chunk_channel(x, y, cum)
+
+
+def _strict_scores(x: Tensor, y: Tensor, before: Tensor | None) -> Tensor:
+    """A[t, i] = Σ_d x_td y_id exp(G_{t-1,d} - G_id) for i < t, with before_t = G_{t-1} (exclusive cumsum).
+
+    Since G_i = before_{i+1}, this is the inclusive score against y moved one position later, read one
+    column to the right: the same stable kernel, no exp(-g) factors.
+    """
+    shifted = F.pad(y[..., :-1, :], (0, 0, 1, 0))
+    return F.pad(_scores(x, shifted, before)[..., 1:], (0, 1))
+
+
+def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | None = None,
+            state: Tensor | None = None, scale: float = 1.0, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """WY/UT chunkwise form. Within a chunk (G the inclusive, E the exclusive cumulative log decay):
+
+        u_t = S_{t-1}ᵀ a_t = (a_t ⊙ e^{E_t})ᵀ S_0 + Σ_{i<t} L_b[t,i] u_i + L_k[t,i] v_i
+          =>  U = W S_0 + Ũ,  W = (I - L_b)⁻¹ (A ⊙ e^E),  Ũ = (I - L_b)⁻¹ L_k V
+        O = (Q ⊙ e^G + Q_b W) S_0 + Q_b Ũ + Q_k V
+        S_end = (diag(e^{G_C}) + (B ⊙ e^{G_C - G})ᵀ W) S_0 + (B ⊙ e^{G_C - G})ᵀ Ũ + (K ⊙ e^{G_C - G})ᵀ V
+
+    L_x[t,i] = Σ_d a_td x_id e^{E_td - G_id} (i < t), Q_x[t,i] = Σ_d q_td x_id e^{G_td - G_id} (i ≤ t).
+    Any T: the tail is padded with q = k = v = a = b = 0 and log_w = 0, i.e. M = I, which changes nothing.
+    """
+    q, g, S = _prepare(q, k, v, a, b, log_w, state, scale)
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    C = chunk_size if T >= chunk_size else max(1, T)
+    if g is not None and g.shape[-1] > 1 and C > gla.SUBCHUNK:
+        C = C - C % gla.SUBCHUNK  # the per-channel scores need whole sub-chunks
+    pad = (-T) % C
+    if pad:
+        q, k, v, a, b = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a, b))
+        g = None if g is None else F.pad(g, (0, 0, 0, pad))
+    N = (T + pad) // C
+    q, k, v, a, b = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v, a, b))
+    if g is None:
+        G = E = None
+        a_dec, q_dec, b_end, k_end, chunk_decay = a, q, b, k, None
+    else:
+        G = g.reshape(B, H, N, C, g.shape[-1]).cumsum(dim=3)  # ≤ 0, non-increasing
+        E = F.pad(G[..., :-1, :], (0, 0, 1, 0))
+        to_end = (G[..., -1:, :] - G).exp()
+        a_dec, q_dec, b_end, k_end = a * E.exp(), q * G.exp(), b * to_end, k * to_end
+        chunk_decay = G[..., -1, :].exp().unsqueeze(-1)  # [B, H, N, Dk or 1, 1]
+    L_b, L_k = _strict_scores(a, b, E), _strict_scores(a, k, E)
+    Q_b, Q_k = _scores(q, b, G), _scores(q, k, G)
+    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    solved = torch.linalg.solve_triangular(eye - L_b, torch.cat([a_dec, L_k @ v], dim=-1), upper=False,
+                                           unitriangular=True)
+    W, U_local = solved.split([Dk, Dv], dim=-1)
+    out = Q_b @ U_local + Q_k @ v
+    q_state = q_dec + Q_b @ W  # how each position reads the chunk's initial state
+    b_end_t = b_end.transpose(-1, -2)
+    transition = b_end_t @ W  # low-rank part of the chunk's transition, [B, H, N, Dk, Dk]
+    inputs = b_end_t @ U_local + k_end.transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
+    starts = []
+    for n in range(N):
+        starts.append(S)
+        decayed = S if chunk_decay is None else chunk_decay[:, :, n] * S
+        S = decayed + transition[:, :, n] @ S + inputs[:, :, n]
+    out = out + q_state @ torch.stack(starts, dim=2)
+    return out.reshape(B, H, N * C, Dv)[:, :, :T], S
+
+
+def step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | None = None,
+         state: Tensor | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """One token: q, k, a, b [B, H, Dk], v [B, H, Dv], log_w None, [B, H] or [B, H, Dk]."""
+    if state is None:
+        state = q.new_zeros(*q.shape, v.shape[-1])
+    read = a.unsqueeze(-2) @ state  # a_tᵀ S_{t-1}, before the decay
+    decayed = state
+    if log_w is not None:
+        decayed = (log_w.unsqueeze(-1) if log_w.dim() == 2 else log_w).exp().unsqueeze(-1) * state
+    state = decayed + b.unsqueeze(-1) * read + k.unsqueeze(-1) * v.unsqueeze(-2)
+    out = torch.einsum("bhk,bhkv->bhv", q * scale, state)
+    return out, state

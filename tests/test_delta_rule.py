@@ -1,0 +1,118 @@
+"""The generalised delta rule op: oracle, WY/UT chunked and step forms agree; DeltaNet and RWKV-7 as cases."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_close
+from seqmix.ops import delta_rule as dr
+
+F64 = torch.float64
+
+
+def _inputs(B=2, H=3, T=37, Dk=8, Dv=5, decay="channel", dtype=F64):
+    """RWKV-7-like inputs: a = -κ̂, b = κ̂ ⊙ α with κ̂ unit per head and α ∈ (0, 1)."""
+    q, k = torch.randn(2, B, H, T, Dk, dtype=dtype)
+    v = torch.randn(B, H, T, Dv, dtype=dtype)
+    kappa = F.normalize(torch.randn(B, H, T, Dk, dtype=dtype), dim=-1)
+    alpha = torch.rand(B, H, T, Dk, dtype=dtype)
+    log_w = {"none": None, "scalar": -torch.rand(B, H, T, dtype=dtype),
+             "channel": -torch.rand(B, H, T, Dk, dtype=dtype) * 0.6}[decay]
+    return q, k, v, -kappa, kappa * alpha, log_w
+
+
+def _rwkv7_definition(q, k, v, a, b, log_w, S):
+    """RWKV-7's own layout S [Dv, Dk]: S_t = S_{t-1} diag(w_t) + (S_{t-1} a_t) b_tᵀ + v_t k_tᵀ, o_t = S_t q_t."""
+    S = S.transpose(-1, -2)
+    outs = []
+    for t in range(q.shape[2]):
+        w = torch.ones_like(k[:, :, t]) if log_w is None else log_w[:, :, t].exp()
+        w = w if w.shape == k[:, :, t].shape else w.unsqueeze(-1).expand_as(k[:, :, t])
+        sa = S @ a[:, :, t].unsqueeze(-1)
+        S = S * w.unsqueeze(-2) + sa * b[:, :, t].unsqueeze(-2) + v[:, :, t].unsqueeze(-1) * k[:, :, t].unsqueeze(-2)
+        outs.append((S @ q[:, :, t].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(outs, 2), S.transpose(-1, -2)
+
+
+def _steps(q, k, v, a, b, log_w, S, **kw):
+    outs = []
+    for t in range(q.shape[2]):
+        o, S = dr.step(q[:, :, t], k[:, :, t], v[:, :, t], a[:, :, t], b[:, :, t],
+                       None if log_w is None else log_w[:, :, t], S, **kw)
+        outs.append(o)
+    return torch.stack(outs, 2), S
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "channel"])
+@pytest.mark.parametrize("T", [1, 15, 37, 100])
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_forms_agree_with_rwkv7_definition(decay, T, chunk_size):
+    q, k, v, a, b, log_w = _inputs(T=T, decay=decay)
+    S0 = torch.randn(2, 3, 8, 5, dtype=F64)
+    expected, S_end = _rwkv7_definition(q, k, v, a, b, log_w, S0)
+    for name, (o, S) in {"parallel": dr.parallel(q, k, v, a, b, log_w, S0),
+                         "chunked": dr.chunked(q, k, v, a, b, log_w, S0, chunk_size=chunk_size),
+                         "step": _steps(q, k, v, a, b, log_w, S0)}.items():
+        assert_close(o, expected, what=f"{name} output")
+        assert_close(S, S_end, what=f"{name} state")
+
+
+def test_deltanet_is_a_special_case():
+    """S_t = S_{t-1} + β_t k_t (v_t - S_{t-1}ᵀ k_t)ᵀ (Schlag et al. 2021) with a = -k, b = β k, v ← β v."""
+    q, k, v, _, _, _ = _inputs(T=29)
+    k = F.normalize(k, dim=-1)
+    beta = torch.rand(2, 3, 29, 1, dtype=F64)
+    S = torch.zeros(2, 3, 8, 5, dtype=F64)
+    outs = []
+    for t in range(29):
+        kt, bt = k[:, :, t], beta[:, :, t]
+        S = S + (bt * kt).unsqueeze(-1) * (v[:, :, t] - torch.einsum("bhkv,bhk->bhv", S, kt)).unsqueeze(-2)
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t] * 0.5, S))
+    o, S_chk = dr.chunked(q, k, beta * v, -k, beta * k, None, scale=0.5, chunk_size=8)
+    assert_close(o, torch.stack(outs, 2))
+    assert_close(S_chk, S)
+
+
+@pytest.mark.parametrize("decay", ["scalar", "channel"])
+def test_state_cut_at_unaligned_positions(decay):
+    q, k, v, a, b, log_w = _inputs(T=100, decay=decay)
+    full, S_full = dr.chunked(q, k, v, a, b, log_w, chunk_size=32)
+    S, outs = None, []
+    for i, j in [(0, 7), (7, 40), (40, 41), (41, 100)]:
+        cut = [x[:, :, i:j] for x in (q, k, v, a, b, log_w)]
+        o, S = dr.chunked(*cut, S, chunk_size=32)
+        outs.append(o)
+    assert_close(torch.cat(outs, 2), full)
+    assert_close(S, S_full)
+
+
+@pytest.mark.parametrize("decay", ["none", "channel"])
+def test_chunked_gradcheck(decay):
+    q, k, v, a, b, log_w = _inputs(B=1, H=1, T=7, Dk=3, Dv=2, decay=decay)  # two chunks, one padded
+    S0 = torch.randn(1, 1, 3, 2, dtype=F64)
+    args = [t.requires_grad_() for t in (q, k, v, a, b, S0)] + ([] if log_w is None else [log_w.requires_grad_()])
+
+    def f(q, k, v, a, b, S0, *log_w):
+        return dr.chunked(q, k, v, a, b, log_w[0] if log_w else None, S0, scale=0.7, chunk_size=4)
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_float32_long_sequence_rwkv7_regime():
+    """8192 tokens, RWKV-7's decay range (w ∈ (e^{-e^{-0.5}}, 1)) and removal strengths up to 1."""
+    q, k, v, a, b, _ = _inputs(B=1, H=1, T=8192, Dk=8, Dv=4, dtype=torch.float32)
+    log_w = -torch.rand(1, 1, 8192, 8) * 0.6
+    o, S = dr.chunked(q, k, v, a, b, log_w, chunk_size=64)
+    ref, S_ref = dr.chunked(*(x.double() for x in (q, k, v, a, b, log_w)), chunk_size=64)
+    assert_close(o.double(), ref, atol=1e-4, rtol=1e-4, what="float32 vs float64")
+    assert_close(S.double(), S_ref, atol=1e-4, rtol=1e-4, what="float32 state")
+    o_stp, _ = _steps(q[:, :, -300:], k[:, :, -300:], v[:, :, -300:], a[:, :, -300:], b[:, :, -300:],
+                      log_w[:, :, -300:], dr.chunked(*(x[:, :, :-300] for x in (q, k, v, a, b, log_w)))[1])
+    assert_close(o_stp.double(), ref[:, :, -300:], atol=1e-4, rtol=1e-4, what="step after a chunked prefill")
+
+
+def test_bad_shapes_are_refused():
+    q, k, v, a, b, log_w = _inputs(T=5)
+    with pytest.raises(ValueError, match="log_w"):
+        dr.chunked(q, k, v, a, b, log_w[..., :3])
+    with pytest.raises(ValueError, match="do not match"):
+        dr.parallel(q, k, v, a[..., :3], b, log_w)
