@@ -146,7 +146,6 @@ def test_bad_kan_options_raise(options, message):
 
 
 def test_kan_vs_mlp_pieces_match_parameters():
-    pytest.importorskip("sklearn")
     from seqmix.bench.kan_vs_mlp import count_parameters, load_digits_split, matched_mlp
 
     x_tr, y_tr, x_te, y_te = load_digits_split(seed=0)
@@ -155,3 +154,12 @@ def test_kan_vs_mlp_pieces_match_parameters():
     kan = KAN([64, 32, 10])
     mlp = matched_mlp(64, 10, count_parameters(kan))
     assert abs(count_parameters(mlp) - count_parameters(kan)) <= 64 + 1 + 10
+
+
+def test_kan_vs_mlp_command_end_to_end(tmp_path, capsys):
+    from seqmix.cli import main
+
+    out = tmp_path / "kan_vs_mlp.png"
+    assert main(["kan-vs-mlp", "--epochs", "1", "--seeds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "KAN" in printed and "MLP" in printed and out.stat().st_size > 1000
