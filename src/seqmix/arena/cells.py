@@ -123,7 +123,7 @@ def speed_cell(arch: Arch, d_model: int, lm: LMSettings, ss: SpeedSettings) -> d
     """Run seqmix.arena.speed in a fresh process (so its peak memory is this model's alone)."""
     job = {"config": arch.config(d_model, lm.n_layers, lm.n_heads).to_dict(), "lengths": list(ss.lengths),
            "train_batch": ss.train_batch, "train_seq_len": ss.train_seq_len, "max_seconds": ss.max_seconds,
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "min_time": ss.min_time}
     proc = subprocess.run([sys.executable, "-m", "seqmix.arena.speed", json.dumps(job)], capture_output=True,
                           text=True)
     if proc.returncode != 0:

@@ -42,6 +42,7 @@ class SpeedSettings:
     train_batch: int
     train_seq_len: int
     max_seconds: float  # stop growing L for an architecture once one prefill takes longer than this
+    min_time: float = 0.2  # seconds per timed block (each timing takes a few blocks)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ PRESETS = {
                    lr=3e-3, eval_len=64, eval_windows=2),
         RecallSettings(widths=(16,), archs=("attention", "gla"), n_layers=1, vocab_size=64, seq_len=16,
                        num_kv_pairs=2, train_examples=64, test_examples=32, epochs=1, batch_size=32, lr=3e-3),
-        SpeedSettings(lengths=(32, 64), train_batch=2, train_seq_len=32, max_seconds=5.0),
+        SpeedSettings(lengths=(32, 64), train_batch=2, train_seq_len=32, max_seconds=5.0, min_time=0.01),
         TTTAblation(mini_batch_sizes=(4, "T"), backbones=("mamba", "transformer"), train_tokens=4 * 32 * 4),
         "seconds; for tests",
     ),

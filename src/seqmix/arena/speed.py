@@ -43,10 +43,10 @@ def _model_flops(model: SeqMixLM, tokens: torch.Tensor) -> float:
 
 
 def measure(config: dict, lengths: list[int], train_batch: int, train_seq_len: int, max_seconds: float,
-            threads: int) -> dict:
+            threads: int, min_time: float = 0.2) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    roof = measure_roofline(min_time=0.2)
+    roof = measure_roofline(copy_mib=max(16, int(1280 * min_time)), min_time=min_time)
     model = SeqMixLM(ModelConfig.from_dict(config))
     vocab = model.config.vocab_size
     params = model.num_parameters()
@@ -61,7 +61,7 @@ def measure(config: dict, lengths: list[int], train_batch: int, train_seq_len: i
         loss.backward()
         opt.step()
 
-    t = time_interleaved({"train": train_step}, rounds=2, min_time=0.5)["train"]
+    t = time_interleaved({"train": train_step}, rounds=2, min_time=2 * min_time)["train"]
     train_tokens_per_s = train_batch * train_seq_len / t.median
     train_flops = 3 * _model_flops(model, batch[:, :-1])  # backward ≈ 2× forward
     result = {"params": params, "roofline": vars(roof), "train_tokens_per_s": train_tokens_per_s,
@@ -77,13 +77,15 @@ def measure(config: dict, lengths: list[int], train_batch: int, train_seq_len: i
             if prefill < max_seconds / 4:  # cheap enough to repeat for a steadier number
                 prefill = min(prefill, time_interleaved(
                     {"p": lambda: model(tokens, state=model.init_state(1))}, rounds=2, min_time=0.0, warmup=0)["p"].median)
-            flops = _model_flops(model, tokens) if prefill < max_seconds / 2 else float("nan")
+            # counting FLOPs reruns the forward: skip it where that is too slow (the fraction is then None)
+            flops = _model_flops(model, tokens) if prefill < max_seconds / 2 else None
             token = tokens[:, -1:]
-            decode = time_interleaved({"d": lambda: model(token, state=state)}, rounds=3, min_time=0.2)["d"].median
+            decode = time_interleaved({"d": lambda: model(token, state=state)}, rounds=3,
+                                      min_time=min_time)["d"].median
             nbytes = state_bytes(state) + params * 4
             result["lengths"].append({
                 "L": L, "prefill_us_per_token": 1e6 * prefill / L, "decode_us_per_token": 1e6 * decode,
-                "prefill_roof_fraction": roof.compute_fraction(flops, prefill),
+                "prefill_roof_fraction": None if flops is None else roof.compute_fraction(flops, prefill),
                 "decode_bandwidth_fraction": roof.bandwidth_fraction(nbytes, decode),
                 "state_mib": state_bytes(state) / 2**20, "peak_rss_mib": _peak_rss_mib()})
             del state

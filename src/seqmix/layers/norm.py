@@ -21,7 +21,8 @@ class RMSNorm(nn.Module):
 class GatedRMSNorm(RMSNorm):
     """y = RMSNorm(x) · silu(gate), normalising over groups of `group_size` channels (one group per head).
 
-    This is Mamba-2's `RMSNormGated` (norm before gate) and GLA's fused norm-swish gate.
+    Norm, then gate: GLA's fused norm-swish output gate. Mamba-2's `RMSNormGated` gates first and then
+    normalises; call it without a gate on the gated input, ``norm(y · silu(z))``.
     """
 
     def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-5):

@@ -86,6 +86,9 @@ class ModelConfig:
         if stray:
             raise ValueError(f"ModelConfig.mixer_options: with a pattern, key options by mixer name; {stray} "
                              f"are not mixers of this pattern ({sorted(names)})")
+        if isinstance(self.pattern, str):  # the user's mixer_options refine a preset's defaults
+            return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}) for s in specs]
+        # an explicit per-layer entry is the most specific setting
         return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}) for s in specs]
 
     def to_dict(self) -> dict:

@@ -30,3 +30,36 @@ def register_pattern(name: str):
         return fn
 
     return deco
+
+
+@register_pattern("jamba")
+def jamba(n_layers: int) -> list:
+    """Jamba (Lieber et al. 2024, §2): one attention layer per 8, the rest Mamba; attention sits at
+    i % 8 == 4 (HF `JambaConfig`: attn_layer_period=8, attn_layer_offset=4). With fewer than 5 layers
+    that position does not exist, so the one attention layer goes to the middle, i = n_layers // 2.
+    Jamba's attention has no positional encoding (the Mamba layers supply order): rope off.
+    Not modelled: Jamba's mixture-of-experts MLPs."""
+    attention = {"mixer": "attention", "options": {"rope": False}}
+    if n_layers <= 4:
+        return [attention if i == n_layers // 2 else "mamba" for i in range(n_layers)]
+    return [attention if i % 8 == 4 else "mamba" for i in range(n_layers)]
+
+
+@register_pattern("samba")
+def samba(n_layers: int) -> list:
+    """Samba (Ren et al. 2024): Mamba and sliding-window attention alternating, Mamba first (layer i is
+    Mamba when i is even); every layer's FFN (SwiGLU by default) follows its mixer. The paper's window is
+    2048 at 4K training length; here 128, in proportion to seqmix's short contexts (another window:
+    ``mixer_options={"attention": {"window": W}}``)."""
+    swa = {"mixer": "attention", "options": {"window": 128}}
+    return ["mamba" if i % 2 == 0 else swa for i in range(n_layers)]
+
+
+@register_pattern("griffin")
+def griffin(n_layers: int) -> list:
+    """Griffin (De et al. 2024, §2): two recurrent (RG-LRU) blocks, then one local-attention block,
+    repeated; a 2-layer model is one recurrent then one local-attention block, so that it stays a hybrid
+    (the all-recurrent model is the `rglru` mixer, Hawk). The paper's local window is 1024 (2048 in
+    RecurrentGemma); here 128, as for samba."""
+    local = {"mixer": "attention", "options": {"window": 128}}
+    return [local if i % 3 == 2 or (n_layers == 2 and i == 1) else "rglru" for i in range(n_layers)]

@@ -73,9 +73,7 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tenso
 
 def _scores(x: Tensor, y: Tensor, cum: Tensor | None) -> Tensor:
     """A[t, s] = Σ_d x_td y_sd exp(cum_td - cum_sd) for s ≤ t inside each chunk (cum non-increasing)."""
-    if cum is None or cum.shape[-1] == 1:
-        return gla._intra_chunk_scalar(x, y, cum)
-    return gla._intra_chunk_channel(x, y, cum)
+    return gla.intra_chunk_scores(x, y, cum)
 
 
 def _strict_scores(x: Tensor, y: Tensor, before: Tensor | None) -> Tensor:

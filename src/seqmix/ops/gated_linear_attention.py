@@ -35,7 +35,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, state: T
     return q * scale, log_decay, state
 
 
-def _segsum(g: Tensor) -> Tensor:
+def segsum(g: Tensor) -> Tensor:
     """[.., T, G] -> [.., T, T, G] with out[t, s] = Σ_{s<r≤t} g_r for s ≤ t and -inf above the diagonal.
 
     Computed as a masked cumulative sum (not a difference of two cumsums), so it is exact and stable.
@@ -55,7 +55,7 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, s
     T = q.shape[2]
     if g is None:
         g = q.new_zeros(*q.shape[:3], 1)
-    decay = _segsum(g).exp()  # [B, H, T, T, G]
+    decay = segsum(g).exp()  # [B, H, T, T, G]
     scores = torch.einsum("bhtd,bhtsd,bhsd->bhts", q, decay.expand(-1, -1, -1, -1, q.shape[-1]), k)
     b = g.cumsum(dim=2)  # Σ_{r≤t} g_r
     out = scores @ v + (q * b.exp()) @ S0
@@ -78,6 +78,14 @@ def step(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, state
     return out, state
 
 
+def intra_chunk_scores(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
+    """A[t, s] = Σ_d q_td k_sd exp(b_td - b_sd) for s ≤ t, else 0, per chunk: q, k [.., C, D], b [.., C, G]
+    the cumulative log decay inside the chunk (G = 1 scalar, G = D per channel, None no decay)."""
+    if b is None or b.shape[-1] == 1:
+        return _intra_chunk_scalar(q, k, b)
+    return _intra_chunk_channel(q, k, b)
+
+
 def _intra_chunk_scalar(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
     """Scores inside chunks for scalar decay: A[t, s] = q_t·k_s · exp(b_t - b_s), s ≤ t. b: [.., C, 1]."""
     C = q.shape[-2]
@@ -85,7 +93,7 @@ def _intra_chunk_scalar(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
     causal = torch.tril(torch.ones(C, C, dtype=torch.bool, device=q.device))
     if b is None:
         return scores.masked_fill(~causal, 0)
-    diff = b - b.transpose(-1, -2)  # b_t - b_s
+    diff = (b - b.transpose(-1, -2)).to(q.dtype)  # b_t - b_s, formed in b's (higher) precision
     return scores * diff.masked_fill(~causal, float("-inf")).exp()
 
 
@@ -104,14 +112,14 @@ def _intra_chunk_channel(q: Tensor, k: Tensor, b: Tensor) -> Tensor:
     # off-diagonal blocks: rows i (queries) x columns j (keys), valid for i > j
     lower = torch.tril(torch.ones(n, n, dtype=torch.bool, device=q.device), diagonal=-1)
     # q_exp[i, j, t, d] = b_{i,t,d} - b_ref_{j,d}
-    q_exp = bs.unsqueeze(-3) - b_ref.unsqueeze(-2).unsqueeze(-4)  # [.., n(i), n(j), c, D]
+    q_exp = (bs.unsqueeze(-3) - b_ref.unsqueeze(-2).unsqueeze(-4)).to(q.dtype)  # [.., n(i), n(j), c, D]
     q_exp = q_exp.masked_fill(~lower[..., None, None], float("-inf"))
     q_dec = qs.unsqueeze(-3) * q_exp.exp()  # [.., i, j, c, D]
-    k_dec = ks * (b_ref.unsqueeze(-2) - bs).exp()  # [.., j, c, D], exponent ≤ 0
+    k_dec = ks * (b_ref.unsqueeze(-2) - bs).to(q.dtype).exp()  # [.., j, c, D], exponent ≤ 0
     off = q_dec @ k_dec.unsqueeze(-4).transpose(-1, -2)  # [.., i, j, c, c]
     # diagonal blocks
     causal = torch.tril(torch.ones(c, c, dtype=torch.bool, device=q.device))
-    diff = (bs.unsqueeze(-2) - bs.unsqueeze(-3)).masked_fill(~causal[..., None], float("-inf"))  # [.., n, c(t), c(s), D]
+    diff = (bs.unsqueeze(-2) - bs.unsqueeze(-3)).to(q.dtype).masked_fill(~causal[..., None], float("-inf"))
     diag = torch.einsum("...td,...tsd,...sd->...ts", qs, diff.exp(), ks)  # [.., n, c, c]
     eye = torch.eye(n, dtype=torch.bool, device=q.device)
     blocks = torch.where(eye[..., None, None], diag.unsqueeze(-3), off)  # [.., i, j, c, c]
@@ -141,16 +149,14 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, st
         q_in, k_out = q, k
         chunk_decay = None
     else:
-        b = g.reshape(B, H, N, C, g.shape[-1]).cumsum(dim=3)  # within-chunk cumulative log decay, ≤ 0
+        # within-chunk cumulative log decay (≤ 0), accumulated in float64: exponents are differences
+        # b_t - b_s of these sums, and float32 sums would leave errors of eps·|b| in them
+        b = g.reshape(B, H, N, C, g.shape[-1]).to(torch.float64).cumsum(dim=3)
         b_last = b[:, :, :, -1:]  # [B, H, N, 1, G]
-        q_in = q * b.exp()  # decay from chunk start to t
-        k_out = k * (b_last - b).exp()  # decay from s to chunk end
-        chunk_decay = b_last.squeeze(3).exp()  # [B, H, N, G]
-    if b is None or b.shape[-1] == 1:
-        scores = _intra_chunk_scalar(q, k, b)
-    else:
-        scores = _intra_chunk_channel(q, k, b)
-    out = scores @ v  # [B, H, N, C, Dv]
+        q_in = q * b.to(q.dtype).exp()  # decay from chunk start to t
+        k_out = k * (b_last - b).to(q.dtype).exp()  # decay from s to chunk end
+        chunk_decay = b_last.squeeze(3).to(q.dtype).exp()  # [B, H, N, G]
+    out = intra_chunk_scores(q, k, b) @ v  # [B, H, N, C, Dv]
     updates = k_out.transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
     states = []
     for n in range(N):

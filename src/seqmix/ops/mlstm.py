@@ -52,7 +52,7 @@ def _prepare(q, k, v, log_i, log_f, state, scale):
 
 def _log_weights(log_i: Tensor, log_f: Tensor) -> Tensor:
     """[.., T] -> [.., T, T]: Σ_{s<r≤t} log f_r + ĩ_s for s ≤ t, -inf above the diagonal."""
-    return gla._segsum(log_f.unsqueeze(-1)).squeeze(-1) + log_i.unsqueeze(-2)
+    return gla.segsum(log_f.unsqueeze(-1)).squeeze(-1) + log_i.unsqueeze(-2)
 
 
 def _outputs(q, k, v, log_i, log_f, state: State, eps: float) -> Tensor:

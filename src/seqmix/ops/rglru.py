@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from seqmix.ops.gated_linear_attention import _segsum  # the exact masked cumulative sum, shared
+from seqmix.ops.gated_linear_attention import segsum  # the exact masked cumulative sum, shared
 
 Tensor = torch.Tensor
 
@@ -39,7 +39,7 @@ def parallel(x: Tensor, log_a: Tensor, state: Tensor | None = None) -> tuple[Ten
     """Materialised: h_t = Σ_{s≤t} exp(Σ_{s<r≤t} log a_r) √(1−a_s²) x_s + exp(Σ_{r≤t} log a_r) h_0. O(T² D)."""
     _check(x, log_a)
     b = _normalised(x, log_a)
-    decay = _segsum(log_a).exp()  # [B, T(t), T(s), D], zero above the diagonal
+    decay = segsum(log_a).exp()  # [B, T(t), T(s), D], zero above the diagonal
     h = torch.einsum("btsd,bsd->btd", decay, b)
     if state is not None:
         h = h + log_a.cumsum(dim=1).exp() * state[:, None]

@@ -1,0 +1,78 @@
+"""Mamba-2 mixer, Dao & Gu 2024, §7 (Figure 6) — the block of the reference `mamba2.Mamba2`."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmix.layers import GatedRMSNorm, ShortConv
+from seqmix.mixers.base import Mixer, register_mixer
+from seqmix.mixers.mamba import inverse_softplus_dt
+from seqmix.ops import ssd as op
+
+
+@register_mixer("mamba2")
+class Mamba2(Mixer):
+    """x -> in_proj -> [z, u, B, C, Δ]; [u, B, C] -> causal depthwise conv -> SiLU;
+    y = SSD(u, softplus(Δ + dt_bias), A, B, C) + D u per head; y -> RMSNorm(y · SiLU(z)) -> out_proj.
+
+    Options: ``expand`` (d_inner = expand · d_model), ``d_state`` (N), ``headdim`` (P; None = d_inner /
+    n_heads, so the model's ``n_heads`` sets the number of SSM heads; otherwise heads = d_inner / headdim),
+    ``ngroups`` (G groups of heads sharing B and C, like grouped-query attention; must divide the heads),
+    ``d_conv`` (conv width), ``dt_min``/``dt_max`` (range of the initial Δ), ``chunk_size`` (SSD chunk).
+    Every head has one scalar A = −exp(A_log) (init A ~ U[1, 16]) and one D (init 1). The gated RMSNorm
+    gates first and normalises over groups of d_inner / ngroups channels (Mamba-2's norm_before_gate=False).
+    State: {"conv": [B, d_conv−1, d_inner + 2·G·N] (pre-conv inputs), "ssm": [B, heads, N, P]}.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 expand: int = 2, d_state: int = 64, headdim: int | None = None, ngroups: int = 1,
+                 d_conv: int = 4, dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64):
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
+        for name, value in (("expand", expand), ("d_state", d_state), ("ngroups", ngroups), ("d_conv", d_conv),
+                            ("chunk_size", chunk_size), ("headdim", 1 if headdim is None else headdim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"mamba2 option {name}={value!r}: must be a positive integer"
+                                 + (" or None" if name == "headdim" else ""))
+        d_inner = expand * d_model
+        if headdim is None:
+            headdim = d_inner // n_heads  # n_heads divides d_model, hence d_inner
+        if d_inner % headdim:
+            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = expand·d_model = {d_inner}")
+        H = d_inner // headdim
+        if H % ngroups:
+            raise ValueError(f"mamba2 option ngroups={ngroups}: must divide the number of heads {H}")
+        self.d_inner, self.d_state, self.headdim, self.ngroups, self.heads = d_inner, d_state, headdim, ngroups, H
+        self.chunk_size = chunk_size
+        conv_dim = d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, d_inner + conv_dim + H, bias=False)  # [z, u, B, C, Δ]
+        self.conv = ShortConv(conv_dim, d_conv)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(H, dt_min, dt_max, floor=1e-4))
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def init_state(self, batch_size: int):
+        return {"conv": self.conv.init_state(batch_size),
+                "ssm": self._zeros(batch_size, self.heads, self.d_state, self.headdim)}
+
+    def forward(self, x, state=None, shared=None):
+        Bsz, T, _ = x.shape
+        H, G, N, P = self.heads, self.ngroups, self.d_state, self.headdim
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], dim=-1)
+        xBC, conv_tail = self.conv(xBC, None if state is None else state["conv"])
+        u, B, C = F.silu(xBC).split([self.d_inner, G * N, G * N], dim=-1)
+        u = u.view(Bsz, T, H, P).transpose(1, 2)  # [B, H, T, P]
+        B, C = (t.view(Bsz, T, G, N).transpose(1, 2) for t in (B, C))  # [B, G, T, N]
+        dt = F.softplus(dt + self.dt_bias).transpose(1, 2)  # [B, H, T]
+        A = -torch.exp(self.A_log)
+        S = None if state is None else state["ssm"]
+        if T == 1 and state is not None:
+            y, S = op.step(u[:, :, 0], dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], self.D, S)
+            y = y[:, :, None]
+        else:
+            y, S = op.chunked(u, dt, A, B, C, self.D, S, self.chunk_size)
+        y = y.transpose(1, 2).reshape(Bsz, T, self.d_inner)
+        y = self.out_proj(self.norm(y * F.silu(z)))
+        return y, (None if state is None else {"conv": conv_tail, "ssm": S})

@@ -1,0 +1,352 @@
+r"""Test-time training layers: TTT-Linear and TTT-MLP (Sun et al. 2024, "Learning to (Learn at Test Time)").
+
+The hidden state is the weight W of an inner model f, trained on the sequence itself by mini-batch gradient
+descent on a self-supervised loss. Per head, with keys k_t, queries q_t, values v_t (rows, width d):
+
+    f(z; W)  = z + LN(f_res(z; W))                      (paper §2.7: LN and residual always in f)
+    ℓ_t(W)   = ½ ‖LN(f_res(k_t; W)) − (v_t − k_t)‖²       (the residual folded into the target)
+    W_i      = W⁽ⁿ⁾ − τ_i Σ_{j ≤ i} η_j ∇ℓ_j(W⁽ⁿ⁾)           (i, j: positions 1..b inside mini-batch n)
+    z_i      = f(q_i; W_i),      W⁽ⁿ⁺¹⁾ = W_b
+
+Every gradient of mini-batch n is taken at its anchor W⁽ⁿ⁾ (§2.4); W⁽⁰⁾ = W0 is learned. The learning
+rates are E_ij = τ_i · η_j with η_j = η_base σ(θ_lr x_j + β)/d (one per token and head, computed by the
+mixer) and τ_i = max(0, 1/i + ε_i) (computed by the mixer, ε learned).
+
+**Paper vs official code (we follow the code).** The factor 1/i in τ_i appears in all three official
+codebases (ttt-lm-jax, ttt-lm-pytorch, ttt-lm-kernels) but not in the paper's text: W_i uses the
+η-weighted running *mean* of the gradients seen so far in the mini-batch, and the end-of-mini-batch update
+uses τ_b ≈ 1/b. The /d in η turns the summed loss into the code's per-feature mean. GELU is the tanh
+approximation (flax's default); its derivative here uses the exact constants √(2/π) and 3·0.044715, where
+the official PyTorch code truncates them (a 3e-10 difference).
+
+Inner models, given as ``weights``: a tuple of per-layer matrices, each ``[H, d_in + 1, d_out]`` with the
+bias as its last row (z = [a, 1] W̃, homogeneous coordinates, so a bias is updated exactly like a weight):
+
+* one layer ``(W1,)`` [H, d+1, d] — TTT-Linear, f_res(z) = z W1 + b1;
+* two layers ``(W1, W2)`` [H, d+1, 4d], [H, 4d+1, d] — TTT-MLP, f_res(z) = gelu(z W1 + b1) W2 + b2.
+  (Deeper stacks work too: App. A derives the dual form for any depth.)
+
+Forms, and how they map to the paper:
+
+* ``parallel`` — the **primal** form of §2.4–2.5 transcribed literally: per-token gradient tensors
+  ∇ℓ_j(W⁽ⁿ⁾) [.., b, d_in+1, d_out] are materialised, W_i built by a cumulative sum, z_i = f(q_i; W_i).
+  O(b·d²) memory per mini-batch: the oracle.
+* ``chunked`` — the **dual** form (§2.5, App. A), chunk = mini-batch: matmuls only, no per-token d×d
+  tensor; per layer, Z̄ = Ā W − (E ⊙ tril(Ā Aᵀ)) G and W⁽ⁿ⁺¹⁾ = W − τ_b (η ⊙ A)ᵀ G, where A / Ā are the
+  layer inputs on keys / queries and G = ∂ℓ/∂z at the anchor. Optional gradient checkpointing through
+  time (App. C): only W at the ends of groups of ``checkpoint_group`` mini-batches is kept for backward.
+* ``step`` — the primal form for decoding (as ttt-lm-pytorch's cache): the anchor weights plus the running
+  gradient sums S_i = Σ_{j≤i} η_j ∇ℓ_j(W⁽ⁿ⁾), W_i = W⁽ⁿ⁾ − τ_i S_i.
+
+Shapes: q, k, v ``[B, H, T, d]``; eta ``[B, H, T]``; tau ``[b]``; ln_weight, ln_bias ``[H, d]``.
+State (a flat dict, batch-first): ``W1..WL`` anchors ``[B, H, d_in+1, d_out]``, ``S1..SL`` running
+gradient sums (zero at a mini-batch boundary), ``offset`` ``[B]`` = tokens already seen in the current
+mini-batch. It holds the partial mini-batch, so a sequence can be cut anywhere, inside a mini-batch too
+(the official code refuses: "fractional update not supported yet"). ``ln_residual=False`` drops LN and
+residual (f = f_res, ℓ = ½‖f_res(k) − v‖²): with one layer, W0 = 0, b = T and E = 1 this is Theorem 1's
+un-normalised linear attention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Tensor = torch.Tensor
+
+LN_EPS = 1e-6
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU, tanh approximation: ½ x (1 + tanh(√(2/π)(x + 0.044715 x³)))."""
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_tanh_grad(x: Tensor) -> Tensor:
+    """d/dx of `gelu_tanh`, in closed form."""
+    t = torch.tanh(_GELU_C * (x + 0.044715 * x ** 3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x * x)
+
+
+def layer_norm(z: Tensor, weight: Tensor, bias: Tensor, eps: float = LN_EPS) -> Tensor:
+    """γ ⊙ (z − mean z) / sqrt(var z + eps) + β over the last dim (biased variance)."""
+    return F.layer_norm(z, z.shape[-1:], eps=eps) * weight + bias
+
+
+def ln_l2_bwd(z: Tensor, target: Tensor, weight: Tensor, bias: Tensor, eps: float = LN_EPS) -> Tensor:
+    """∂/∂z of ½‖LN(z) − target‖², in closed form.
+
+    With x̂ = (z − μ)/σ and ĝ = γ ⊙ (LN(z) − target): ∂ℓ/∂z = (ĝ − mean ĝ − x̂ · mean(ĝ ⊙ x̂)) / σ.
+    """
+    return _ln_l2_bwd_folded(z, weight * (bias - target), weight * weight, eps)
+
+
+def _ln_l2_bwd_folded(z: Tensor, c: Tensor, weight_sq: Tensor, eps: float = LN_EPS) -> Tensor:
+    """`ln_l2_bwd` with the token-only part folded in ahead of the loop: ĝ = γ² ⊙ x̂ + c, c = γ ⊙ (β − target)."""
+    zc = z - z.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((zc * zc).mean(-1, keepdim=True) + eps)
+    xhat = zc * rstd
+    g = torch.addcmul(c, xhat, weight_sq)
+    return torch.addcmul(g - g.mean(-1, keepdim=True), xhat, (g * xhat).mean(-1, keepdim=True), value=-1) * rstd
+
+
+def _aug(a: Tensor) -> Tensor:
+    """Append the constant feature 1 that multiplies the bias row."""
+    return torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+
+
+def _loss(k: Tensor, v: Tensor, ln_weight: Tensor, ln_bias: Tensor, ln_residual: bool):
+    """What the loop needs of the loss, per token: (folded target [B, H, T, d], γ² [H, 1, d] or None).
+
+    With LN: ℓ = ½‖LN(z) − (v − k)‖², target folded as γ ⊙ (β − (v − k)); without: ℓ = ½‖z − v‖², target v.
+    """
+    if not ln_residual:
+        return v, None
+    return ln_weight[:, None] * (ln_bias[:, None] - (v - k)), (ln_weight * ln_weight)[:, None]
+
+
+def _inner_grads(Ws, keys: Tensor, target: Tensor, weight_sq: Tensor | None,
+                 z1: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    """Run the (augmented) keys through the inner model at the anchor and back-propagate the loss.
+
+    `target`, `weight_sq` as made by `_loss`; `z1` = keys @ Ws[0] when already computed. Returns per layer l
+    its augmented inputs A_l [.., m, d_in+1] and G_l = ∂ℓ_j/∂z_l [.., m, d_out] (row j = token j), so that
+    ∇_{W_l} ℓ_j = A_l[j]ᵀ G_l[j].
+    """
+    acts, zs = [keys], [keys @ Ws[0] if z1 is None else z1]
+    for W in Ws[1:]:
+        acts.append(_aug(gelu_tanh(zs[-1])))
+        zs.append(acts[-1] @ W)
+    G = zs[-1] - target if weight_sq is None else _ln_l2_bwd_folded(zs[-1], target, weight_sq)
+    grads = [G]
+    for l in range(len(Ws) - 1, 0, -1):
+        G = (G @ Ws[l][..., :-1, :].transpose(-1, -2)) * gelu_tanh_grad(zs[l - 1])
+        grads.insert(0, G)
+    return acts, grads
+
+
+def _finish(q: Tensor, z: Tensor, ln_weight: Tensor, ln_bias: Tensor, ln_residual: bool) -> Tensor:
+    """The inner model's output head: f(q) = q + LN(f_res(q)) (or f_res(q) without LN and residual)."""
+    if not ln_residual:
+        return z
+    return q + layer_norm(z, ln_weight[:, None], ln_bias[:, None])
+
+
+def _check(q, k, v, eta, tau, weights, mini_batch_size):
+    if k.shape != q.shape or v.shape != q.shape or eta.shape != q.shape[:-1]:
+        raise ValueError(f"ttt: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, eta {tuple(eta.shape)} "
+                         "do not match ([B, H, T, d] and eta [B, H, T])")
+    if not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+        raise ValueError(f"ttt: mini_batch_size={mini_batch_size!r} must be a positive int")
+    if tau.shape != (mini_batch_size,):
+        raise ValueError(f"ttt: tau must have shape [mini_batch_size={mini_batch_size}], got {tuple(tau.shape)}")
+    d = q.shape[-1]
+    if not weights or weights[0].shape[-2] != d + 1 or weights[-1].shape[-1] != d:
+        raise ValueError(f"ttt: weights must map d={d} to d with a bias row, shapes [H, d_in+1, d_out]; "
+                         f"got {[tuple(W.shape) for W in weights]}")
+
+
+def initial_state(weights, batch_size: int) -> dict[str, Tensor]:
+    """The state at the start of a sequence: anchors = W0 for every sequence, zero gradient sums."""
+    state = {}
+    for l, W in enumerate(weights, 1):
+        state[f"W{l}"] = W.expand(batch_size, *W.shape).clone()
+        state[f"S{l}"] = W.new_zeros(batch_size, *W.shape)
+    state["offset"] = torch.zeros(batch_size, dtype=torch.long, device=weights[0].device)
+    return state
+
+
+def _unpack(state, weights, batch_size: int):
+    """(anchors, gradient sums, offset) from a state, or the start of a sequence when state is None."""
+    if state is None:
+        return [W.expand(batch_size, *W.shape) for W in weights], None, 0
+    offset = state["offset"]
+    r = int(offset[0])
+    if (offset != r).any():
+        raise ValueError("ttt: every sequence of a batch must be at the same position (state['offset'])")
+    n = len(weights)
+    Ws = [state[f"W{l}"] for l in range(1, n + 1)]
+    Ss = [state[f"S{l}"] for l in range(1, n + 1)] if r else None  # the sums are zero at a boundary
+    return Ws, Ss, r
+
+
+def _pack(Ws, Ss, r: int, batch_size: int, device) -> dict[str, Tensor]:
+    state = {}
+    for l, W in enumerate(Ws, 1):
+        state[f"W{l}"] = W
+        state[f"S{l}"] = torch.zeros_like(W) if Ss is None else Ss[l - 1]
+    state["offset"] = torch.full((batch_size,), r, dtype=torch.long, device=device)
+    return state
+
+
+def parallel(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_weight: Tensor,
+             ln_bias: Tensor, state: dict | None = None, mini_batch_size: int = 16,
+             ln_residual: bool = True) -> tuple[Tensor, dict]:
+    """Primal form, materialised: explicit per-token gradients and weights W_i for each mini-batch."""
+    _check(q, k, v, eta, tau, weights, mini_batch_size)
+    B, H, T, _ = q.shape
+    b = mini_batch_size
+    Ws, Ss, r = _unpack(state, weights, B)
+    if Ss is None:
+        Ss = [torch.zeros_like(W) for W in Ws]
+    target, weight_sq = _loss(k, v, ln_weight, ln_bias, ln_residual)
+    outs, t = [], 0
+    while t < T:
+        m = min(b - r, T - t)  # tokens left in this mini-batch
+        seg = slice(t, t + m)
+        acts, grads = _inner_grads(Ws, _aug(k[:, :, seg]), target[:, :, seg], weight_sq)
+        per_token = [a[..., :, None] * G[..., None, :] for a, G in zip(acts, grads)]  # [B, H, m, din+1, dout]
+        running = [S[:, :, None] + (eta[:, :, seg, None, None] * g).cumsum(2) for S, g in zip(Ss, per_token)]
+        tau_seg = tau[r:r + m, None, None]
+        W_tok = [W[:, :, None] - tau_seg * run for W, run in zip(Ws, running)]  # W_i for every token
+        a = _aug(q[:, :, seg])
+        for l, W in enumerate(W_tok):
+            z = torch.einsum("bhti,bhtio->bhto", a, W)
+            if l + 1 < len(W_tok):
+                a = _aug(gelu_tanh(z))
+        outs.append(z)
+        if r + m == b:
+            Ws, Ss, r = [W[:, :, -1] for W in W_tok], [torch.zeros_like(S) for S in Ss], 0
+        else:
+            Ss, r = [run[:, :, -1] for run in running], r + m
+        t += m
+    z = torch.cat(outs, dim=2) if outs else q.new_zeros(q.shape)
+    return _finish(q, z, ln_weight, ln_bias, ln_residual), _pack(Ws, Ss, r, B, q.device)
+
+
+def step(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_weight: Tensor,
+         ln_bias: Tensor, state: dict | None = None, mini_batch_size: int = 16,
+         ln_residual: bool = True) -> tuple[Tensor, dict]:
+    """One token, primal form: q, k, v [B, H, d], eta [B, H] -> out [B, H, d].
+
+    S_i = S_{i-1} + η_i ∇ℓ_i(W⁽ⁿ⁾),  W_i = W⁽ⁿ⁾ − τ_i S_i,  z_i = f(q_i; W_i); at i = b the anchor becomes W_b.
+    """
+    _check(q[:, :, None], k[:, :, None], v[:, :, None], eta[:, :, None], tau, weights, mini_batch_size)
+    B = q.shape[0]
+    Ws, Ss, r = _unpack(state, weights, B)
+    target, weight_sq = _loss(k[:, :, None], v[:, :, None], ln_weight, ln_bias, ln_residual)
+    acts, grads = _inner_grads(Ws, _aug(k)[:, :, None], target, weight_sq)
+    grad_sums = [eta[:, :, None, None] * (a.transpose(-1, -2) @ G) for a, G in zip(acts, grads)]  # outer products
+    if Ss is not None:
+        grad_sums = [S + g for S, g in zip(Ss, grad_sums)]
+    W_now = [W - tau[r] * S for W, S in zip(Ws, grad_sums)]
+    a = _aug(q)[:, :, None]
+    for l, W in enumerate(W_now):
+        z = a @ W
+        if l + 1 < len(W_now):
+            a = _aug(gelu_tanh(z))
+    out = _finish(q[:, :, None], z, ln_weight, ln_bias, ln_residual)[:, :, 0]
+    if r + 1 == mini_batch_size:
+        return out, _pack(W_now, None, 0, B, q.device)
+    return out, _pack(Ws, grad_sums, r + 1, B, q.device)
+
+
+def _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, E, scores0, complete):
+    """One mini-batch in dual form, all [N, ...] with N = B·H, b = mini-batch size.
+
+    kq [N, 2b, d+1]: augmented keys then queries; target [N, b, d] (from `_loss`); eta, eta_last = τ_b η
+    [N, b, 1]; update0 = (eta_last ⊙ keys)ᵀ [N, d+1, b]; E = tril(τ_i η_j) and scores0 = E ⊙ (queries keysᵀ)
+    [N, b, b]. Everything but W is precomputed for all mini-batches at once. Ss: the gradient sums carried
+    in when the mini-batch was entered part-way, else None. Returns (z̄ [N, b, d], anchors, sums).
+    """
+    b = target.shape[-2]
+    z1 = kq @ Ws[0]  # keys and queries through the first layer in one product
+    keys, a = kq[:, :b], kq[:, b:]
+    acts, grads = _inner_grads(Ws, keys, target, weight_sq, z1[:, :b])
+    z = z1[:, b:]
+    for l, W in enumerate(Ws):
+        if l:
+            a = _aug(gelu_tanh(z))
+            z = a @ W
+        scores = scores0 if l == 0 else E * (a @ acts[l].transpose(-1, -2))
+        z = torch.baddbmm(z, scores, grads[l], alpha=-1)  # row i: a_i W_i = a_i W − τ_i Σ_{j≤i} η_j (a_i·A_j) G_j
+        if Ss is not None:
+            z = z - tau[:, None] * (a @ Ss[l])
+    if Ss is None and complete:  # the common case: W⁽ⁿ⁺¹⁾ = W⁽ⁿ⁾ − τ_b Σ_j η_j A_jᵀ G_j
+        new = [torch.baddbmm(Ws[0], update0, grads[0], alpha=-1)]
+        new += [torch.baddbmm(W, (eta_last * A).transpose(-1, -2), G, alpha=-1)
+                for W, A, G in zip(Ws[1:], acts[1:], grads[1:])]
+        return z, new, None
+    sums = [(eta * A).transpose(-1, -2) @ G for A, G in zip(acts, grads)]
+    if Ss is not None:
+        sums = [S + s for S, s in zip(Ss, sums)]
+    if complete:
+        return z, [W - tau[-1] * s for W, s in zip(Ws, sums)], None
+    return z, Ws, sums
+
+
+def _dual_group(Ws, Ss, inputs, tau, weight_sq, last_complete):
+    """Consecutive mini-batches (dim 0 of every tensor in `inputs`); only the last may be incomplete."""
+    n = inputs[0].shape[0]
+    zs = []
+    for i in range(n):
+        kq, target, eta, eta_last, update0, E, scores0 = (x[i] for x in inputs)
+        z, Ws, Ss = _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, E, scores0,
+                                    last_complete or i + 1 < n)
+        zs.append(z)
+    return torch.stack(zs), Ws, Ss
+
+
+def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_weight: Tensor,
+            ln_bias: Tensor, state: dict | None = None, mini_batch_size: int = 16, ln_residual: bool = True,
+            checkpoint_group: int = 0) -> tuple[Tensor, dict]:
+    """Dual form, one loop step per mini-batch, batched over B·H; any T and any starting offset.
+
+    The sequence is padded to whole mini-batches aligned with the state's offset (pads have η = 0, so they
+    add nothing to any gradient sum, and their outputs are dropped). ``checkpoint_group`` > 0 recomputes
+    groups of that many mini-batches in backward, keeping only W at group ends (when autograd records).
+    """
+    _check(q, k, v, eta, tau, weights, mini_batch_size)
+    if not isinstance(checkpoint_group, int) or checkpoint_group < 0:
+        raise ValueError(f"ttt: checkpoint_group={checkpoint_group!r} must be a non-negative int (0 = off)")
+    B, H, T, d = q.shape
+    b = mini_batch_size
+    Ws, Ss, r = _unpack(state, weights, B)
+    if T == 0:
+        return q.clone(), _pack(Ws, Ss, r, B, q.device)
+    end = r + T
+    pad_back = (-end) % b
+    N = (end + pad_back) // b
+
+    def blocks(x: Tensor) -> Tensor:  # [B, H, T, c], any strides -> [N, B, H, b, c], a view unless padded
+        if r or pad_back:
+            x = F.pad(x, (0, 0, r, pad_back))
+        return x.unflatten(2, (N, b)).permute(2, 0, 1, 3, 4)
+
+    # keys then queries of each mini-batch, with the constant feature 1 that multiplies the bias row
+    kq = q.new_ones(N, B, H, 2 * b, d + 1)
+    kq[..., :b, :d] = blocks(k)
+    kq[..., b:, :d] = blocks(q)
+    keys, queries = kq[..., :b, :], kq[..., b:, :]
+    target, weight_sq = _loss(keys[..., :d], blocks(v), ln_weight, ln_bias, ln_residual)
+    eta = blocks(eta[..., None])  # [N, B, H, b, 1]
+    eta_last = tau[-1] * eta
+    update0 = (eta_last * keys).transpose(-1, -2)
+    causal = torch.ones(b, b, dtype=torch.bool, device=q.device).tril()
+    E = (tau[:, None] * eta.transpose(-1, -2)).masked_fill(~causal, 0)  # [N, B, H, b, b]: τ_i η_j, j ≤ i
+    scores0 = E * (queries @ keys.transpose(-1, -2))
+    inputs = [x.flatten(1, 2).contiguous() for x in (kq, target, eta, eta_last, update0, E, scores0)]
+    Ws = [W.reshape(B * H, *W.shape[2:]) for W in Ws]
+    if Ss is not None:
+        Ss = [S.reshape(B * H, *S.shape[2:]) for S in Ss]
+    if weight_sq is not None:
+        weight_sq = weight_sq.expand(B, H, 1, d).reshape(B * H, 1, d)
+    complete = pad_back == 0
+    group = checkpoint_group if checkpoint_group and torch.is_grad_enabled() else N
+    zs = []
+    for g0 in range(0, N, group):
+        args = (Ws, Ss, [x[g0:g0 + group] for x in inputs], tau, weight_sq, complete or g0 + group < N)
+        if group < N:
+            z, Ws, Ss = checkpoint(_dual_group, *args, use_reentrant=False)
+        else:
+            z, Ws, Ss = _dual_group(*args)
+        zs.append(z)
+    z = torch.cat(zs).view(N, B, H, b, d).permute(1, 2, 0, 3, 4).reshape(B, H, N * b, d)[:, :, r:r + T]
+    new_r = end % b
+    Ws = [W.reshape(B, H, *W.shape[1:]) for W in Ws]
+    if Ss is not None:
+        Ss = [S.reshape(B, H, *S.shape[1:]) for S in Ss]
+    return _finish(q, z, ln_weight, ln_bias, ln_residual), _pack(Ws, Ss if new_r else None, new_r, B, q.device)

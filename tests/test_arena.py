@@ -1,0 +1,93 @@
+"""The arena end to end on the micro preset: every report section, finite numbers, and the cache."""
+import json
+import math
+
+import pytest
+
+from seqmix.arena import cells
+from seqmix.arena.report import SECTIONS
+from seqmix.cli import main
+
+ARCHS = "attention,gla"
+
+
+def _numbers(obj, path="results"):
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, (int, float)):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def arena_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("arena")
+    assert main(["arena", "--preset", "micro", "--mixers", ARCHS, "--out", str(out)]) == 0
+    return out
+
+
+def test_micro_arena_writes_every_section_and_plot(arena_run):
+    report = (arena_run / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in report, f"report lacks section {section!r}"
+    for word in ("bits per byte", "MQAR", "Decode latency", "Loss by position"):
+        assert word.lower() in report.lower()
+    for png in ("training_loss.png", "loss_by_position.png", "recall.png", "prefill.png", "decode.png"):
+        assert (arena_run / png).stat().st_size > 1000
+
+
+def test_micro_arena_results_are_finite_and_complete(arena_run):
+    results = json.loads((arena_run / "results.json").read_text())
+    assert {r["arch"] for r in results["lm"]} == set(ARCHS.split(","))
+    assert {r["arch"] for r in results["speed"]} == set(ARCHS.split(","))
+    assert results["recall"] and results["meta"]["commit"]
+    numbers = list(_numbers(results))
+    assert len(numbers) > 100
+    bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
+    assert not bad, f"non-finite numbers: {bad[:5]}"
+    for r in results["lm"]:
+        assert 0 < r["val_bpb"] < 9 and r["params"] > 0
+        assert r["position"]["positions"][-1] == 64  # micro's eval_len
+
+
+def test_rerun_recomputes_nothing_and_report_only_renders(arena_run, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached cell was recomputed")
+
+    for name in ("lm_cell", "recall_cell", "speed_cell"):
+        monkeypatch.setattr(cells, name, fail)
+    before = (arena_run / "results.json").read_text()
+    assert main(["arena", "--preset", "micro", "--mixers", ARCHS, "--out", str(arena_run)]) == 0
+    assert "0 cached" not in capsys.readouterr().out
+    after = json.loads((arena_run / "results.json").read_text())
+    assert after["lm"] == json.loads(before)["lm"]
+    assert main(["arena", "--preset", "micro", "--mixers", ARCHS, "--out", str(arena_run), "--report-only"]) == 0
+
+
+def test_a_missing_cell_alone_is_recomputed(arena_run, monkeypatch):
+    victim = next((arena_run / "cells").glob("recall-gla-*.json"))
+    victim.unlink()
+    calls = []
+    real = cells.recall_cell
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cells, "recall_cell", counting)
+    monkeypatch.setattr(cells, "lm_cell", lambda *a, **k: pytest.fail("lm cell recomputed"))
+    monkeypatch.setattr(cells, "speed_cell", lambda *a, **k: pytest.fail("speed cell recomputed"))
+    assert main(["arena", "--preset", "micro", "--mixers", ARCHS, "--out", str(arena_run)]) == 0
+    assert calls == ["gla"] and victim.exists()
+
+
+def test_unknown_arena_inputs_are_named():
+    with pytest.raises(ValueError, match="unknown"):
+        from seqmix.arena.plan import select_archs
+        select_archs(["transformerz"])
+    assert main(["arena", "--preset", "micro", "--sections", "lm,bogus"]) == 2
