@@ -56,3 +56,13 @@ def assert_any_split(config: ModelConfig, length: int = 37, batch: int = 2, spli
             for t in state_tensors(state):
                 assert t.shape[0] == batch, "every state tensor must be batch-first"
     return model
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, what: str = "") -> float:
+    """Fail unless max|actual − expected| ≤ rtol · max|expected| (agreement relative to the tensor's scale,
+    the float32 criterion for conversions); returns that relative error."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    rel = ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+    assert rel <= rtol, f"{what}: relative error {rel:.3e} exceeds {rtol:.0e}"
+    return rel

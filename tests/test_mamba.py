@@ -144,7 +144,7 @@ def test_mamba_mixer_chunked_equals_token_by_token_decoding():
 
 @pytest.mark.parametrize("options, message", [
     (dict(d_state=0), "d_state=0"), (dict(dt_rank="full"), "dt_rank='full'"),
-    (dict(expand=1.5), "expand=1.5"), (dict(dt_min=0.2, dt_max=0.1), "dt_min=0.2"),
+    (dict(expand=0), "expand=0"), (dict(dt_min=0.2, dt_max=0.1), "dt_min=0.2"),
 ])
 def test_mamba_bad_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
-"""`seqmix bench`: forward time per token vs L and decode latency vs context, next to the machine's roofline."""
+"""`seqmix bench`: forward time per token vs L and decode latency vs context, next to the machine's roofline;
+``--suite ttt``: TTT's dual vs primal forms, and TTT-Linear / TTT-MLP against softmax attention."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,10 @@ from pathlib import Path
 import torch
 
 from seqmix.bench.harness import machine_info, measure_roofline
-from seqmix.bench.suites import decode_suite, forward_suite
+from seqmix.bench.suites import decode_suite, forward_suite, ttt_forms_suite
+
+DEFAULT_MIXERS = "attention,linear_attention,gla"
+TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
 
 
 def _ints(text: str) -> list[int]:
@@ -15,28 +19,63 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(p) -> None:
-    p.add_argument("--suite", choices=["forward", "decode", "all"], default="all")
-    p.add_argument("--mixers", default="attention,linear_attention,gla",
-                   help="comma-separated mixer names (see available_mixers())")
+    p.add_argument("--suite", choices=["forward", "decode", "ttt", "all"], default="all",
+                   help="all = forward + decode + the TTT forms table; ttt = the TTT forms table, then forward "
+                        "and decode of TTT-Linear, TTT-MLP and attention")
+    p.add_argument("--mixers", default=None,
+                   help=f"comma-separated mixer names (see available_mixers()); default {DEFAULT_MIXERS} "
+                        f"({TTT_MIXERS} for --suite ttt)")
     p.add_argument("--lengths", type=_ints, default=[1024, 2048, 4096, 8192, 16384], help="forward: sequence lengths")
     p.add_argument("--contexts", type=_ints, default=[1024, 16384], help="decode: context lengths")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--mixer-options", default="{}", help='JSON keyed by mixer, e.g. {"gla": {"chunk_size": 64}}')
+    p.add_argument("--ttt-mixer", default="ttt_linear", help="ttt forms table: which TTT mixer's inner loop")
+    p.add_argument("--ttt-length", type=int, default=2048, help="ttt forms table: sequence length")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed block")
     p.add_argument("--out", type=Path, default=None, help="write all rows and the machine to this JSON file")
 
 
+def faster_from(rows: list[dict], mixer: str, baseline: str = "attention") -> int | None:
+    """The smallest measured L from which `mixer` is faster per token than `baseline` at every longer L too."""
+    get = {(r["mixer"], r["L"]): r["us_per_token"] for r in rows}
+    lengths = sorted({r["L"] for r in rows})
+    start = None
+    for L in lengths:
+        if get[mixer, L] < get[baseline, L]:
+            start = L if start is None else start
+        else:
+            start = None
+    return start
+
+
 def _fmt_forward(rows: list[dict]) -> str:
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
     lengths = sorted({r["L"] for r in rows})
     get = {(r["mixer"], r["L"]): r for r in rows}
-    lines = ["| mixer | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    vs = "attention" in mixers
+    lines = ["| mixer | " + " | ".join(f"L={L}" for L in lengths) + " |" + (" faster than attention from |" if vs else ""),
+             "|---" * (len(lengths) + 1 + vs) + "|"]
     for m in mixers:
         cells = [f"{get[m, L]['us_per_token']:.1f} µs ({100 * get[m, L]['roof_fraction']:.0f}%)" for L in lengths]
+        if vs:
+            cross = None if m == "attention" else faster_from(rows, m)
+            cells.append("" if m == "attention" else ("not in range" if cross is None else f"L={cross}"))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_load(rows: list[dict]) -> str:
+    shares = [100 * r["other_cpu"] for r in rows]
+    return f"(other processes used {min(shares):.0f}–{max(shares):.0f}% of the machine's CPU while timing)"
+
+
+def _fmt_ttt_forms(rows: list[dict]) -> str:
+    lines = ["| form | time per token | time / dual |", "|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['form']} | {r['us_per_token']:.1f} µs | {r['vs_dual']:.1f}× |")
     return "\n".join(lines)
 
 
@@ -54,26 +93,32 @@ def _fmt_decode(rows: list[dict]) -> str:
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
-    mixers = [m for m in args.mixers.split(",") if m]
+    mixers = [m for m in (args.mixers or (TTT_MIXERS if args.suite == "ttt" else DEFAULT_MIXERS)).split(",") if m]
     options = json.loads(args.mixer_options)
     roof = measure_roofline()
     info = machine_info()
     print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}")
     print(f"roofline: fp32 matmul {roof.matmul_gflops:.0f} GFLOP/s, copy bandwidth {roof.bandwidth_gbs:.0f} GB/s")
-    note = lambda r: print(f"  {r['suite']:7s} {r['mixer']:18s} {r.get('L', r.get('context')):>6}: "
-                           f"{r['us_per_token']:.1f} µs/token", flush=True)
+    note = lambda r: print(f"  {r['suite']:9s} {r['mixer'] + (' ' + r['form'] if 'form' in r else ''):18s} "
+                           f"{r.get('L', r.get('context')):>6}: {r['us_per_token']:.1f} µs/token", flush=True)
     result = {"machine": info, "roofline": vars(roof), "d_model": args.d_model, "n_heads": args.n_heads, "rows": []}
-    if args.suite in ("forward", "all"):
+    if args.suite in ("ttt", "all"):
+        rows = ttt_forms_suite(args.ttt_mixer, args.ttt_length, args.d_model, args.n_heads,
+                               options.get(args.ttt_mixer, {}), args.rounds, args.min_time, note)
+        result["rows"] += rows
+        print(f"\n{args.ttt_mixer} inner loop at L={args.ttt_length}, d_model={args.d_model}, {args.n_heads} heads, "
+              f"batch 1 {_fmt_load(rows)}:\n" + _fmt_ttt_forms(rows))
+    if args.suite in ("forward", "ttt", "all"):
         rows = forward_suite(mixers, args.lengths, args.d_model, args.n_heads, roof, options, args.rounds,
                              args.min_time, note)
         result["rows"] += rows
         print(f"\nforward time per token, one layer d_model={args.d_model}, {args.n_heads} heads "
-              "(fraction of measured matmul peak):\n" + _fmt_forward(rows))
-    if args.suite in ("decode", "all"):
+              f"(fraction of measured matmul peak) {_fmt_load(rows)}:\n" + _fmt_forward(rows))
+    if args.suite in ("decode", "ttt", "all"):
         rows = decode_suite(mixers, args.contexts, args.d_model, args.n_heads, roof, options, args.rounds,
                             args.min_time, note)
         result["rows"] += rows
-        print("\ndecode latency per token after a context:\n" + _fmt_decode(rows))
+        print(f"\ndecode latency per token after a context {_fmt_load(rows)}:\n" + _fmt_decode(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -1,7 +1,9 @@
 """Benchmark suites for `seqmix bench`: one mixer layer at a time, float32, batch 1, no autograd.
 
 * forward: time per token of the parallel/chunked path vs sequence length L (prefill/training shape);
-* decode: latency of one recurrent step after a context of C tokens (KV cache vs fixed-size state).
+* decode: latency of one recurrent step after a context of C tokens (KV cache vs fixed-size state);
+* ttt_forms: TTT's inner loop at one length in its dual form (chunked, training/prefill) against the primal
+  form, materialised per mini-batch (the paper's §2.4 primal) and token by token (the decoding step).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from seqmix.bench.harness import Roofline, time_interleaved
 from seqmix.mixers import MIXERS
 from seqmix.model.state import map_state
+from seqmix.ops import ttt
 
 
 def build_mixer(name: str, d_model: int, n_heads: int, options: dict | None = None) -> torch.nn.Module:
@@ -86,4 +89,47 @@ def decode_suite(mixers: list[str], contexts: list[int], d_model: int, n_heads: 
                          "other_cpu": t.other_cpu_share})
             if progress:
                 progress(rows[-1])
+    return rows
+
+
+def ttt_forms_suite(mixer_name: str, L: int, d_model: int, n_heads: int, options: dict, rounds: int,
+                    min_time: float, progress=None) -> list[dict]:
+    """The inner loop of one TTT mixer (its W0, ε, LN) on random q, k, v, η of length L, batch 1:
+    ``chunked`` (dual), ``parallel`` (primal, per-token gradients materialised) and a loop of ``step``
+    (primal, one token at a time). The three outputs are checked to agree before anything is timed."""
+    mixer = build_mixer(mixer_name, d_model, n_heads, options)
+    H, d, b = mixer.n_heads, mixer.head_dim, mixer.mini_batch_size
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, H, L, d, generator=gen) / d ** 0.5 for _ in range(3))
+    eta = (mixer.base_lr / d) * torch.sigmoid(torch.randn(1, H, L, generator=gen))
+    tau = torch.relu(1 / torch.arange(1, b + 1) + mixer.token_idx_offset.detach())
+    inner = (tau, tuple(W.detach() for W in mixer._weights()), mixer.ttt_norm_weight.detach(),
+             mixer.ttt_norm_bias.detach())
+
+    def step_loop():
+        state, outs = None, []
+        for t in range(L):
+            out, state = ttt.step(q[:, :, t], k[:, :, t], v[:, :, t], eta[:, :, t], *inner, state=state,
+                                  mini_batch_size=b)
+            outs.append(out)
+        return torch.stack(outs, dim=2)
+
+    forms = {"dual (chunked)": lambda: ttt.chunked(q, k, v, eta, *inner, mini_batch_size=b)[0],
+             "primal (materialised)": lambda: ttt.parallel(q, k, v, eta, *inner, mini_batch_size=b)[0],
+             "primal (step loop)": step_loop}
+    with torch.no_grad():
+        ref = forms["dual (chunked)"]()
+        for name, fn in forms.items():
+            err = (fn() - ref).abs().max().item()
+            if err > 1e-3:
+                raise RuntimeError(f"ttt_forms: {name} differs from the dual form by {err:.2e}")
+        timings = time_interleaved(forms, rounds=rounds, min_time=min_time)
+    dual = timings["dual (chunked)"].median
+    rows = []
+    for name, t in timings.items():
+        rows.append({"suite": "ttt_forms", "mixer": mixer_name, "form": name, "L": L, "seconds": t.median,
+                     "iqr": t.spread, "us_per_token": 1e6 * t.median / L, "vs_dual": t.median / dual,
+                     "other_cpu": t.other_cpu_share})
+        if progress:
+            progress(rows[-1])
     return rows

@@ -1,12 +1,18 @@
-"""`seqmix train`: train a byte-level language model (defaults: a small attention model on Shakespeare)."""
+"""`seqmix train`: train a byte-level language model (defaults: a small attention model on Shakespeare).
+
+On several processes: ``seqmix train --nproc N ...`` on this machine, or ``torchrun --nproc-per-node N
+[--nnodes M ...] -m seqmix train ...`` (see README); every process runs ``run`` below and rank 0 reports.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
-from seqmix.train import NonFiniteError, TrainConfig, train
+from seqmix.train import NonFiniteError, OutOfMemory, TrainConfig, train
 
 # without --steps or --tokens the run is also capped in time: the default run must finish well inside
 # 10 minutes on 2 CPU cores, however fast the machine is
@@ -61,6 +67,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     t.add_argument("--dtype", choices=("float32", "bfloat16"))
     t.add_argument("--on-nonfinite", choices=("stop", "skip"))
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = p.add_argument_group("scale (several processes, memory)")
+    s.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (one per GPU, or CPU processes with gloo); under torchrun, "
+                        "use its --nproc-per-node instead")
+    s.add_argument("--parallel", choices=("ddp", "fsdp"), help="with several processes: DDP (default) or FSDP2")
+    s.add_argument("--grad-accum", type=int,
+                   help="micro-batches per step: the same global --batch-size in smaller pieces (default 1)")
+    s.add_argument("--checkpoint-format", choices=("full", "sharded"),
+                   help="full: gathered into one file (default); sharded: one file per process")
+    s.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="rows packed from whole documents and pieces, each starting from the zero state")
+    s.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute each block in the backward pass: less memory, about 1/3 more time")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -80,7 +99,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         model["n_layers"] = len(args.pattern)
     for name in ("steps", "tokens", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "grad_clip",
                  "eval_interval", "log_interval", "checkpoint_interval", "seed", "corpus", "device", "dtype",
-                 "on_nonfinite"):
+                 "on_nonfinite", "grad_accum", "parallel", "checkpoint_format", "pack", "activation_checkpointing"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if args.steps is not None or args.tokens is not None:  # the flag given replaces a saved budget
@@ -94,18 +113,63 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(fields)
 
 
+def _rank_tag() -> str:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f" [rank {os.environ.get('RANK', '0')}/{world}]" if world > 1 else ""
+
+
+def _worker(config: TrainConfig, resume: bool, quiet: bool) -> dict:
+    """One process's run -> its summary (without the model). A known failure prints one line and exits:
+    status 1 (non-finite values, out of memory) or 2 (bad settings or files); under a launcher, that stops
+    the other processes too."""
+    try:
+        result = train(config, resume=resume, quiet=quiet)
+    except (NonFiniteError, OutOfMemory) as err:
+        print(f"seqmix train{_rank_tag()}: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except (ValueError, FileNotFoundError) as err:
+        print(f"seqmix train{_rank_tag()}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    result.pop("model")
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # > 1 under torchrun
+    if args.nproc < 1 or (args.nproc > 1 and launched > 1):
+        raise ValueError(f"--nproc={args.nproc}: give a positive number of processes, and none under torchrun "
+                         "(use its --nproc-per-node)")
+    main = int(os.environ.get("RANK", "0")) == 0
+    world = max(args.nproc, launched)
     m = config.model
-    print(f"seqmix train: {m.pattern or m.mixer}, d_model={m.d_model}, n_layers={m.n_layers}, n_heads={m.n_heads}; "
-          f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} bytes"
-          + (f", at most {config.time_budget:g} s" if config.time_budget else "") + f"; run directory {config.out_dir}",
-          flush=True)
-    try:
-        result = train(config, resume=args.resume, quiet=args.quiet)
-    except NonFiniteError as err:
-        print(f"seqmix train: {err}")
-        return 1
+    if main:
+        print(f"seqmix train: {m.pattern or m.mixer}, d_model={m.d_model}, n_layers={m.n_layers}, n_heads={m.n_heads}; "
+              f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} bytes"
+              + (f", at most {config.time_budget:g} s" if config.time_budget else "")
+              + (f"; {world} processes ({config.parallel})" if world > 1 else "")
+              + f"; run directory {config.out_dir}", flush=True)
+    if args.nproc > 1:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        from seqmix.train.distributed import launch
+
+        # like torchrun, split this machine's cores between the processes unless told otherwise
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+        try:
+            result = launch(args.nproc, _worker, config, args.resume, args.quiet)[0]
+        except ChildFailedError as err:
+            codes = sorted({f.exitcode for f in err.failures.values()})
+            print(f"seqmix train: stopped, a process failed (exit status {codes}; its message is above)",
+                  file=sys.stderr)
+            return 1 if 2 not in codes else 2
+    else:
+        try:
+            result = _worker(config, args.resume, args.quiet)
+        except SystemExit as stop:
+            return stop.code
+    if not main:
+        return 0
     val = result["val"]
     print(f"trained {result['parameters']:,} parameters for {result['steps']} steps ({result['tokens']:,} tokens) "
           f"in {result['elapsed_s']:.0f} s, stopped by the {result['stopped_by'].replace('_', ' ')}; "

@@ -1,6 +1,7 @@
 """Data: the byte tokenizer, corpora (the vendored Shakespeare default, or your own files) and samplers."""
 from seqmix.data.corpus import Corpus, Document, load_corpus
-from seqmix.data.sampler import BatchSampler
+from seqmix.data.sampler import IGNORE, BatchSampler, PackedSampler
 from seqmix.data.tokenizer import ByteTokenizer, bits_per_byte
 
-__all__ = ["BatchSampler", "ByteTokenizer", "Corpus", "Document", "bits_per_byte", "load_corpus"]
+__all__ = ["IGNORE", "BatchSampler", "ByteTokenizer", "Corpus", "Document", "PackedSampler", "bits_per_byte",
+           "load_corpus"]

@@ -1,4 +1,4 @@
-"""RMSNorm and the gated RMSNorm used on the output of linear-attention-style mixers."""
+"""RMSNorm, the gated RMSNorm used on the output of linear-attention-style mixers, and `make_norm`."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +37,15 @@ class GatedRMSNorm(RMSNorm):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         x = x.reshape(shape) * self.weight
         return x if gate is None else x * F.silu(gate)
+
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """The model's norm by name: "rmsnorm" (weight only) or "layernorm" (torch's, weight and bias; RWKV's)."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    raise ValueError(f"norm={kind!r} is not allowed; choose one of {list(NORMS)}")

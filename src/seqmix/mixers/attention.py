@@ -38,10 +38,14 @@ class Attention(Mixer):
         start = 0 if state is None else state["pos"][:, None]
         if self.rope:
             positions = torch.arange(T, device=x.device) + start
-            q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
+            q, k = apply_rope(torch.stack([q, k]), positions, self.rope_theta).unbind()  # one call for both
         if state is None:
             o, _ = op.parallel(q, k, v, window=self.window)
             return self.out(merge_heads(o)), None
         cache = (state["k"], state["v"])
-        o, (kc, vc) = op.chunked(q, k, v, cache, self.window, chunk_size=self.chunk_size)
+        if T == 1:
+            o, (kc, vc) = op.step(q[:, :, 0], k[:, :, 0], v[:, :, 0], cache, self.window)
+            o = o[:, :, None]
+        else:
+            o, (kc, vc) = op.chunked(q, k, v, cache, self.window, chunk_size=self.chunk_size)
         return self.out(merge_heads(o)), {"k": kc, "v": vc, "pos": state["pos"] + T}

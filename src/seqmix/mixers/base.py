@@ -10,6 +10,9 @@ A mixer maps ``x [B, T, d_model] -> y [B, T, d_model]`` causally and carries a r
   from the zero state and return ``None`` (the mixer may skip building a state). With a state, any number
   of tokens continues it exactly (T = 1 is decoding). ``shared`` is a dict that lives for one model
   forward and lets a layer pass values to later layers (RWKV-7's value residual).
+
+The block normalises the mixer's input (x + mixer(norm x)) unless the mixer sets ``normalizes_input``:
+then it reads the residual stream x itself and holds its own norms (e.g. TTT's official two-norm block).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ register_mixer = MIXERS.register
 
 
 class Mixer(nn.Module):
+    normalizes_input: bool = False
+
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1):
         super().__init__()
         if d_model % n_heads:

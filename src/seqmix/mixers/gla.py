@@ -49,11 +49,11 @@ class GatedLinearAttention(Mixer):
 
     def forward(self, x, state=None, shared=None):
         H = self.n_heads
-        qkv = torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+        q, k, v = self.q(x), self.k(x), self.v(x)
         new_state = {}
-        if self.conv is not None:
-            qkv, new_state["conv"] = self.conv(qkv, None if state is None else state["conv"])
-        q, k, v = qkv.split([H * self.dk, H * self.dk, H * self.dv], dim=-1)
+        if self.conv is not None:  # one convolution over the three projections side by side
+            qkv, new_state["conv"] = self.conv(torch.cat([q, k, v], dim=-1), None if state is None else state["conv"])
+            q, k, v = qkv.split([H * self.dk, H * self.dk, H * self.dv], dim=-1)
         q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)
         log_alpha = split_heads(F.logsigmoid(self.alpha(x)) / self.normalizer, H)  # [B, H, T, dk or 1]
         S = None if state is None else state["S"]

@@ -20,34 +20,46 @@ def inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float) -> t
     return dt + torch.log(-torch.expm1(-dt))  # softplus⁻¹(Δ) = Δ + log(1 − e^{−Δ})
 
 
+def inner_width(mixer: str, expand, d_model: int) -> int:
+    """d_inner = int(expand · d_model), transformers' rule (expand may be fractional); must be ≥ 1."""
+    if not isinstance(expand, (int, float)) or isinstance(expand, bool) or not expand > 0 or int(expand * d_model) < 1:
+        raise ValueError(f"{mixer} option expand={expand!r}: must be a positive number with int(expand·d_model) ≥ 1")
+    return int(expand * d_model)
+
+
 @register_mixer("mamba")
 class Mamba(Mixer):
     """x -> in_proj -> (u, z); u -> causal depthwise conv -> SiLU -> x_proj -> (Δ_low, B, C);
     Δ = softplus(dt_proj Δ_low); y = S6(u, Δ, A, B, C) + D u; y · SiLU(z) -> out_proj.
 
-    Options: ``expand`` (d_inner = expand · d_model channels, each its own SSM), ``d_state`` (N, the state
-    size per channel), ``d_conv`` (conv width), ``dt_rank`` (rank of the Δ projection; "auto" =
-    ⌈d_model/16⌉), ``dt_min``/``dt_max`` (range of the initial Δ), ``chunk_size`` (scan chunk).
+    Options: ``expand`` (d_inner = int(expand · d_model) channels, each its own SSM; may be fractional, as
+    in transformers' MambaConfig), ``d_state`` (N, the state size per channel), ``d_conv`` (conv width),
+    ``dt_rank`` (rank of the Δ projection; "auto" = ⌈d_model/16⌉), ``dt_min``/``dt_max`` (range of the
+    initial Δ), ``chunk_size`` (scan chunk), ``bias`` (biases on in_proj and out_proj; off in the
+    reference), ``conv_bias`` (bias of the conv; on in the reference).
     Mamba has no heads: ``n_heads`` is not used. A = −exp(A_log) with the S4D-real init A_log[d, n] =
     log(n+1); D = 1.
     State: {"conv": [B, d_conv−1, d_inner] (pre-conv inputs), "ssm": [B, d_inner, N]}.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 expand: int = 2, d_state: int = 16, d_conv: int = 4, dt_rank: int | str = "auto",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64):
+                 expand: float = 2, d_state: int = 16, d_conv: int = 4, dt_rank: int | str = "auto",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64, bias: bool = False,
+                 conv_bias: bool = True):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        for name, value in (("expand", expand), ("d_state", d_state), ("d_conv", d_conv), ("dt_rank", dt_rank),
-                            ("chunk_size", chunk_size)):
+        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("dt_rank", dt_rank), ("chunk_size", chunk_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"mamba option {name}={value!r}: must be a positive integer"
                                  + (' or "auto"' if name == "dt_rank" else ""))
-        d_inner = expand * d_model
+        d_inner = inner_width("mamba", expand, d_model)
+        for name, value in (("bias", bias), ("conv_bias", conv_bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"mamba option {name}={value!r}: must be True or False")
         self.d_inner, self.d_state, self.dt_rank, self.chunk_size = d_inner, d_state, dt_rank, chunk_size
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.conv = ShortConv(d_inner, d_conv)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv = ShortConv(d_inner, d_conv, bias=conv_bias)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner)
         nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
@@ -55,7 +67,7 @@ class Mamba(Mixer):
             self.dt_proj.bias.copy_(inverse_softplus_dt(d_inner, dt_min, dt_max, floor=1e-4))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
         return {"conv": self.conv.init_state(batch_size), "ssm": self._zeros(batch_size, self.d_inner, self.d_state)}

@@ -7,7 +7,7 @@ from torch import nn
 
 from seqmix.layers import GatedRMSNorm, ShortConv
 from seqmix.mixers.base import Mixer, register_mixer
-from seqmix.mixers.mamba import inverse_softplus_dt
+from seqmix.mixers.mamba import inner_width, inverse_softplus_dt
 from seqmix.ops import ssd as op
 
 
@@ -16,42 +16,61 @@ class Mamba2(Mixer):
     """x -> in_proj -> [z, u, B, C, Δ]; [u, B, C] -> causal depthwise conv -> SiLU;
     y = SSD(u, softplus(Δ + dt_bias), A, B, C) + D u per head; y -> RMSNorm(y · SiLU(z)) -> out_proj.
 
-    Options: ``expand`` (d_inner = expand · d_model), ``d_state`` (N), ``headdim`` (P; None = d_inner /
+    Options: ``expand`` (d_inner = int(expand · d_model)), ``d_state`` (N), ``headdim`` (P; None = d_inner /
     n_heads, so the model's ``n_heads`` sets the number of SSM heads; otherwise heads = d_inner / headdim),
     ``ngroups`` (G groups of heads sharing B and C, like grouped-query attention; must divide the heads),
-    ``d_conv`` (conv width), ``dt_min``/``dt_max`` (range of the initial Δ), ``chunk_size`` (SSD chunk).
+    ``d_conv`` (conv width), ``dt_min``/``dt_max`` (range of the initial Δ), ``chunk_size`` (SSD chunk),
+    ``dt_limit`` ((low, high): clamp Δ after the softplus; None = no clamp), ``bias`` (biases on in_proj and
+    out_proj), ``conv_bias`` (bias of the conv), ``norm_eps`` (eps of the gated RMSNorm).
     Every head has one scalar A = −exp(A_log) (init A ~ U[1, 16]) and one D (init 1). The gated RMSNorm
     gates first and normalises over groups of d_inner / ngroups channels (Mamba-2's norm_before_gate=False).
     State: {"conv": [B, d_conv−1, d_inner + 2·G·N] (pre-conv inputs), "ssm": [B, heads, N, P]}.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 expand: int = 2, d_state: int = 64, headdim: int | None = None, ngroups: int = 1,
-                 d_conv: int = 4, dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64):
+                 expand: float = 2, d_state: int = 64, headdim: int | None = None, ngroups: int = 1,
+                 d_conv: int = 4, dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64,
+                 dt_limit: tuple[float, float] | None = None, bias: bool = False, conv_bias: bool = True,
+                 norm_eps: float = 1e-5):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        for name, value in (("expand", expand), ("d_state", d_state), ("ngroups", ngroups), ("d_conv", d_conv),
+        for name, value in (("d_state", d_state), ("ngroups", ngroups), ("d_conv", d_conv),
                             ("chunk_size", chunk_size), ("headdim", 1 if headdim is None else headdim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"mamba2 option {name}={value!r}: must be a positive integer"
                                  + (" or None" if name == "headdim" else ""))
-        d_inner = expand * d_model
+        d_inner = inner_width("mamba2", expand, d_model)
+        for name, value in (("bias", bias), ("conv_bias", conv_bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"mamba2 option {name}={value!r}: must be True or False")
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or not norm_eps > 0:
+            raise ValueError(f"mamba2 option norm_eps={norm_eps!r}: must be a positive number")
+        if dt_limit is not None:
+            if (not isinstance(dt_limit, (list, tuple)) or len(dt_limit) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dt_limit)
+                    or not 0 <= dt_limit[0] < dt_limit[1]):
+                raise ValueError(f"mamba2 option dt_limit={dt_limit!r}: must be None or (low, high) with 0 <= low < high")
+            dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
+        self.dt_limit = dt_limit
         if headdim is None:
-            headdim = d_inner // n_heads  # n_heads divides d_model, hence d_inner
+            if d_inner % n_heads:
+                raise ValueError(f"mamba2: d_inner = int(expand·d_model) = {d_inner} is not divisible by "
+                                 f"n_heads={n_heads}; set the option headdim")
+            headdim = d_inner // n_heads
         if d_inner % headdim:
-            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = expand·d_model = {d_inner}")
+            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = int(expand·d_model) = {d_inner}")
         H = d_inner // headdim
         if H % ngroups:
             raise ValueError(f"mamba2 option ngroups={ngroups}: must divide the number of heads {H}")
         self.d_inner, self.d_state, self.headdim, self.ngroups, self.heads = d_inner, d_state, headdim, ngroups, H
         self.chunk_size = chunk_size
         conv_dim = d_inner + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, d_inner + conv_dim + H, bias=False)  # [z, u, B, C, Δ]
-        self.conv = ShortConv(conv_dim, d_conv)
+        self.in_proj = nn.Linear(d_model, d_inner + conv_dim + H, bias=bias)  # [z, u, B, C, Δ]
+        self.conv = ShortConv(conv_dim, d_conv, bias=conv_bias)
         self.dt_bias = nn.Parameter(inverse_softplus_dt(H, dt_min, dt_max, floor=1e-4))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(H))
-        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
         return {"conv": self.conv.init_state(batch_size),
@@ -66,6 +85,8 @@ class Mamba2(Mixer):
         u = u.view(Bsz, T, H, P).transpose(1, 2)  # [B, H, T, P]
         B, C = (t.view(Bsz, T, G, N).transpose(1, 2) for t in (B, C))  # [B, G, T, N]
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)  # [B, H, T]
+        if self.dt_limit is not None:
+            dt = dt.clamp(*self.dt_limit)
         A = -torch.exp(self.A_log)
         S = None if state is None else state["ssm"]
         if T == 1 and state is not None:

@@ -19,34 +19,39 @@ class RWKV4(Mixer):
     WKV (ops.wkv4) is channel-wise with decay w = exp(time_decay) and bonus u = time_first; n_heads plays
     no part. Initialisation follows the official v4neo code (decay spread -5..3 over channels, deeper
     layers decay slower; zigzag bonus around log 0.3; μ = (i/C)^(1 - layer/n_layers)); Linear layers use
-    PyTorch's default init. Option: ``chunk_size`` of the chunked WKV.
-    State: {"shift": [B, C] last input, "a", "b", "p": [B, 1, C] the WKV max-trick state, ≥ float32}.
+    PyTorch's default init. Options: ``chunk_size`` of the chunked WKV; ``d_attn`` the width A of k, v, r
+    and the WKV channels (None = d_model; transformers' ``attention_hidden_size``).
+    State: {"shift": [B, C] last input, "a", "b", "p": [B, 1, A] the WKV max-trick state, ≥ float32}.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, chunk_size: int = 8):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, chunk_size: int = 8,
+                 d_attn: int | None = None):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"rwkv4 option chunk_size={chunk_size!r}: must be a positive int")
-        self.chunk_size = chunk_size
+        A = d_model if d_attn is None else d_attn
+        if not isinstance(A, int) or isinstance(A, bool) or A < 1:
+            raise ValueError(f"rwkv4 option d_attn={d_attn!r}: must be a positive int or None")
+        self.chunk_size, self.d_attn = chunk_size, A
         C = d_model
         ratio_0_to_1 = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0
         ratio_1_to_almost0 = 1.0 - layer_idx / n_layers
-        h = torch.arange(C, dtype=torch.float32)
-        self.time_decay = nn.Parameter(-5 + 8 * (h / max(C - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1))
-        zigzag = ((h + 1) % 3 - 1) * 0.5
+        a = torch.arange(A, dtype=torch.float32)
+        self.time_decay = nn.Parameter(-5 + 8 * (a / max(A - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1))
+        zigzag = ((a + 1) % 3 - 1) * 0.5
         self.time_first = nn.Parameter(math.log(0.3) + zigzag)
-        ramp = h / C
+        ramp = torch.arange(C, dtype=torch.float32) / C
         self.time_mix_k = nn.Parameter(ramp ** ratio_1_to_almost0)
         self.time_mix_v = nn.Parameter(ramp ** ratio_1_to_almost0 + 0.3 * ratio_0_to_1)
         self.time_mix_r = nn.Parameter(ramp ** (0.5 * ratio_1_to_almost0))
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
 
     def init_state(self, batch_size: int):
         shift = self._zeros(batch_size, self.d_model)
-        a, b, p = op.init_state(batch_size, 1, self.d_model, torch.promote_types(shift.dtype, torch.float32),
+        a, b, p = op.init_state(batch_size, 1, self.d_attn, torch.promote_types(shift.dtype, torch.float32),
                                 shift.device)
         return {"shift": shift, "a": a, "b": b, "p": p}
 

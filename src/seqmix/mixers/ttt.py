@@ -27,10 +27,14 @@ class TTTMixer(Mixer):
       y = θ_O (LN(z) ⊙ gelu(θ_G x)). The official block is h ← h + conv(RMSNorm h); h ← h + TTT(RMSNorm h);
       a mixer only sees u = RMSNorm(h), so here c = conv(u), y = c + TTT(RMSNorm(u + c)): the same
       components, with the normalised stream u standing in for h inside the second norm.
+      ``residual_stream=True`` builds the official block exactly: the mixer reads h itself (the model's
+      block then does not normalise it) and holds both norms, c = conv(RMSNorm₁ h),
+      y = c + TTT(RMSNorm₂(h + c)) — what ``seqmix.interop.from_ttt_reference`` uses.
 
     Options: ``backbone``, ``mini_batch_size`` b (16; 1 = online GD, ≥ T = batch GD), ``base_lr`` η_base
     (None = the paper's: 1.0 TTT-Linear, 0.1 TTT-MLP), ``rope_theta``, ``conv_size``, ``checkpoint_group``
-    (gradient checkpointing through time in training: keep W every that many mini-batches; 0 = off).
+    (gradient checkpointing through time in training: keep W every that many mini-batches; 0 = off),
+    ``residual_stream`` (Mamba backbone only, see above), ``norm_eps`` (eps of the mixer's RMSNorms).
     State: {"W1", "S1" (, "W2", "S2"): anchors and running gradient sums [B, H, d_in+1, d_out],
     "offset": [B] tokens into the current mini-batch, "pre_conv", "qk_conv": [B, K-1, d_model] (Mamba)}.
     """
@@ -40,7 +44,8 @@ class TTTMixer(Mixer):
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
                  backbone: str = "mamba", mini_batch_size: int = 16, base_lr: float | None = None,
-                 rope_theta: float = 10000.0, conv_size: int = 4, checkpoint_group: int = 0):
+                 rope_theta: float = 10000.0, conv_size: int = 4, checkpoint_group: int = 0,
+                 residual_stream: bool = False, norm_eps: float = 1e-6):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         name = self.registered_name
         choose(backbone, f"{name} option backbone", BACKBONES)
@@ -51,10 +56,16 @@ class TTTMixer(Mixer):
         base_lr = self.default_base_lr if base_lr is None else base_lr
         if not isinstance(base_lr, (int, float)) or base_lr <= 0:
             raise ValueError(f"{name} option base_lr={base_lr!r}: must be a positive number")
+        if not isinstance(residual_stream, bool) or (residual_stream and backbone != "mamba"):
+            raise ValueError(f"{name} option residual_stream={residual_stream!r}: must be False, or True with "
+                             f"backbone='mamba' (the transformer backbone has a single norm, the block's)")
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or not norm_eps > 0:
+            raise ValueError(f"{name} option norm_eps={norm_eps!r}: must be a positive number")
         if self.head_dim % 2:
             raise ValueError(f"{name}: RoPE needs an even head_dim, got d_model/n_heads = {self.head_dim}")
         self.backbone, self.mini_batch_size, self.base_lr = backbone, mini_batch_size, float(base_lr)
         self.rope_theta, self.checkpoint_group = rope_theta, checkpoint_group
+        self.normalizes_input = residual_stream
         H, d, D = n_heads, self.head_dim, d_model
         # [q, k, v] (transformer) or [qk, v, gate] (mamba), then the H learning-rate logits
         self.in_proj = nn.Linear(D, 3 * D + H, bias=False)
@@ -70,8 +81,10 @@ class TTTMixer(Mixer):
         for lin in (self.in_proj, self.out):
             nn.init.normal_(lin.weight, std=0.02)
         if backbone == "mamba":
+            if residual_stream:
+                self.pre_conv_norm = RMSNorm(D, eps=norm_eps)
             self.pre_conv = ShortConv(D, conv_size)
-            self.ttt_norm_in = RMSNorm(D, eps=1e-6)
+            self.ttt_norm_in = RMSNorm(D, eps=norm_eps)
             self.conv_q = ShortConv(D, conv_size)
             self.conv_k = ShortConv(D, conv_size)
 
@@ -92,7 +105,8 @@ class TTTMixer(Mixer):
         new_state = {}
         skip = 0.0
         if self.backbone == "mamba":
-            skip, new_state["pre_conv"] = self.pre_conv(x, None if state is None else state["pre_conv"])
+            conv_in = self.pre_conv_norm(x) if self.normalizes_input else x
+            skip, new_state["pre_conv"] = self.pre_conv(conv_in, None if state is None else state["pre_conv"])
             x = self.ttt_norm_in(x + skip)
         proj, lr_logits = self.in_proj(x).split([3 * D, H], dim=-1)
         if self.backbone == "mamba":
@@ -103,8 +117,10 @@ class TTTMixer(Mixer):
         else:
             q, k, v = proj.chunk(3, dim=-1)
         q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)
-        offset = 0 if state is None else state["offset"][:, None]
-        positions = (torch.arange(T, device=x.device) + offset) % b
+        if state is not None and T == 1:
+            positions = state["offset"][:, None]  # the offset is always < b
+        else:
+            positions = (torch.arange(T, device=x.device) + (0 if state is None else state["offset"][:, None])) % b
         q, k = apply_rope(torch.stack([q, k]), positions, self.rope_theta, interleaved=True).unbind()  # one call
         eta = (self.base_lr / d) * torch.sigmoid(lr_logits + self.lr_bias).transpose(1, 2)  # [B, H, T]
         i = torch.arange(1, b + 1, dtype=x.dtype, device=x.device)  # in x's dtype, so 1/i is exact in float64

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seqmix.ffn import FFNS
+from seqmix.layers import NORMS
 from seqmix.mixers import MIXERS, available_mixers
 from seqmix.model.patterns import PATTERNS, LayerSpec
 
@@ -24,7 +25,11 @@ class ModelConfig:
       whose entries are mixer names or ``{"mixer": name, "options": {...}}``.
     * ``mixer_options``: the mixer's own settings. With ``pattern``, key them by mixer name:
       ``{"mamba": {...}, "attention": {"window": 128}}``.
-    * ``ffn`` / ``ffn_options``: the channel mixer ("swiglu", ...) and its settings.
+    * ``ffn`` / ``ffn_options``: the channel mixer ("swiglu", ...) and its settings; ``"none"`` drops the
+      FFN sub-layer (and its norm): blocks are x + mixer(norm x) only, as in Mamba.
+    * ``norm``: "rmsnorm" or "layernorm" for every norm of the model (blocks, final, embedding norm), with
+      ``norm_eps``; ``final_norm_eps`` sets the final norm's eps alone (None = ``norm_eps``).
+    * ``embed_norm``: normalise the embeddings before the first block (RWKV's ln0).
     """
 
     mixer: str = "attention"
@@ -38,14 +43,26 @@ class ModelConfig:
     ffn_options: dict = field(default_factory=dict)
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
+    norm: str = "rmsnorm"
+    embed_norm: bool = False
+    final_norm_eps: float | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads"):
             _positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.ffn not in FFNS.names():
-            raise ValueError(f"ModelConfig.ffn={self.ffn!r}: unknown; choose one of {FFNS.names()}")
+        if self.ffn != "none" and self.ffn not in FFNS.names():
+            raise ValueError(f"ModelConfig.ffn={self.ffn!r}: unknown; choose one of {FFNS.names() + ['none']}")
+        if self.norm not in NORMS:
+            raise ValueError(f"ModelConfig.norm={self.norm!r}: unknown; choose one of {list(NORMS)}")
+        for name, eps, optional in (("norm_eps", self.norm_eps, False), ("final_norm_eps", self.final_norm_eps, True)):
+            if optional and eps is None:
+                continue
+            if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+                raise ValueError(f"ModelConfig.{name}={eps!r}: must be a positive number" + (" or None" * optional))
+        if not isinstance(self.embed_norm, bool):
+            raise ValueError(f"ModelConfig.embed_norm={self.embed_norm!r}: must be True or False")
         if not isinstance(self.mixer_options, dict) or not isinstance(self.ffn_options, dict):
             raise ValueError("ModelConfig.mixer_options and ffn_options must be dicts")
         specs = self.layer_specs()  # validates mixer / pattern / option names
@@ -57,10 +74,11 @@ class ModelConfig:
             if unknown:
                 raise ValueError(f"ModelConfig.mixer_options for {spec.mixer!r}: unknown option(s) {unknown}; "
                                  f"allowed: {allowed}")
-        unknown = sorted(set(self.ffn_options) - set(FFNS.option_names(self.ffn)))
+        ffn_allowed = [] if self.ffn == "none" else FFNS.option_names(self.ffn)
+        unknown = sorted(set(self.ffn_options) - set(ffn_allowed))
         if unknown:
             raise ValueError(f"ModelConfig.ffn_options for {self.ffn!r}: unknown option(s) {unknown}; "
-                             f"allowed: {FFNS.option_names(self.ffn)}")
+                             f"allowed: {ffn_allowed}")
 
     def layer_specs(self) -> list[LayerSpec]:
         """The mixer name and options of every layer."""

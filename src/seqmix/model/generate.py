@@ -51,11 +51,15 @@ def sample(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: flo
 
 
 def generate(model, prompt: str, max_new_tokens: int = 200, *, temperature: float = 1.0,
-             top_k: int | None = None, seed: int | None = None) -> str:
-    """A byte-level model's continuation of ``prompt`` (text; the continuation only)."""
-    tokenizer = ByteTokenizer()
+             top_k: int | None = None, seed: int | None = None, tokenizer=None) -> str:
+    """The model's continuation of ``prompt`` (text; the continuation only).
+
+    ``tokenizer``: anything with ``encode(text) -> ids`` and ``decode(ids) -> text`` (a transformers
+    tokenizer works); None = bytes, for byte-level models.
+    """
+    tokenizer = ByteTokenizer() if tokenizer is None else tokenizer
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise ValueError("prompt must not be empty: the model needs at least one byte to condition on")
+        raise ValueError("prompt must not be empty: the model needs at least one token to condition on")
     out = sample(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-    return tokenizer.decode(out[0])
+    return tokenizer.decode(out[0].tolist())

@@ -3,27 +3,46 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from seqmix.ffn import FFNS
-from seqmix.layers import RMSNorm
+from seqmix.layers import make_norm
 from seqmix.mixers import MIXERS
 from seqmix.model.config import ModelConfig
 
 
 class Block(nn.Module):
-    """x + mixer(RMSNorm x), then x + ffn(RMSNorm x)."""
+    """x + mixer(norm x), then x + ffn(norm x); the norm is ``ModelConfig.norm``.
 
-    def __init__(self, mixer: nn.Module, ffn: nn.Module, d_model: int, eps: float):
+    No FFN (``ffn=None``, ``ModelConfig(ffn="none")``): x + mixer(norm x) only. A mixer whose
+    ``normalizes_input`` is True reads x itself (it holds its own norms) and gets no norm here.
+
+    Under autocast (bf16 training) the mixer runs in float32 with autocast off: recurrent states and their
+    decays stay float32 (recurrences are sensitive to their dynamics, and some ops, e.g. triangular solves,
+    have no bf16 CPU kernel); the FFN and the head, most of the matmul work, still run in bf16.
+    """
+
+    def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, eps: float, norm: str = "rmsnorm"):
         super().__init__()
-        self.norm1, self.mixer = RMSNorm(d_model, eps), mixer
-        self.norm2, self.ffn = RMSNorm(d_model, eps), ffn
+        self.norm1 = nn.Identity() if mixer.normalizes_input else make_norm(norm, d_model, eps)
+        self.mixer = mixer
+        self.norm2 = None if ffn is None else make_norm(norm, d_model, eps)
+        self.ffn = ffn
 
     def init_state(self, batch_size: int) -> dict:
-        return {"mixer": self.mixer.init_state(batch_size), "ffn": self.ffn.init_state(batch_size)}
+        return {"mixer": self.mixer.init_state(batch_size),
+                "ffn": {} if self.ffn is None else self.ffn.init_state(batch_size)}
 
     def forward(self, x, state=None, shared=None):
-        h, mixer_state = self.mixer(self.norm1(x), None if state is None else state["mixer"], shared)
+        h = self.norm1(x)
+        if torch.is_autocast_enabled(h.device.type):
+            with torch.autocast(h.device.type, enabled=False):
+                h, mixer_state = self.mixer(h.float(), None if state is None else state["mixer"], shared)
+        else:
+            h, mixer_state = self.mixer(h, None if state is None else state["mixer"], shared)
         x = x + h
+        if self.ffn is None:
+            return x, (None if state is None else {"mixer": mixer_state, "ffn": {}})
         h, ffn_state = self.ffn(self.norm2(x), None if state is None else state["ffn"])
         return x + h, (None if state is None else {"mixer": mixer_state, "ffn": ffn_state})
 
@@ -34,7 +53,17 @@ class SeqMixLM(nn.Module):
     >>> model = SeqMixLM(ModelConfig(mixer="gla", d_model=64, n_layers=2))
     >>> state = model.init_state(batch_size=1)
     >>> logits, state = model(tokens[:, :7], state=state)   # then any number of tokens, 1 = decode
+
+    Packed documents: ``model(tokens, cu_seqlens=cu)`` (training path, no state) treats the flattened
+    ``[B·T]`` tokens as documents with cumulative lengths ``cu`` (int, ``[n_docs + 1]``, from 0 to ``B·T``,
+    flash-attn style; row ends are boundaries too). Every document starts from the zero state of every
+    mixer, so no token sees another document.
+
+    ``activation_checkpointing = True`` recomputes each block's activations in the backward pass instead of
+    storing them (training path only): less memory for about one more forward pass.
     """
+
+    activation_checkpointing: bool = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -43,12 +72,14 @@ class SeqMixLM(nn.Module):
         blocks = []
         for i, spec in enumerate(c.layer_specs()):
             mixer = MIXERS.build(spec.mixer, c.d_model, c.n_heads, options=spec.options, layer_idx=i, n_layers=c.n_layers)
-            ffn = FFNS.build(c.ffn, c.d_model, options=c.ffn_options, layer_idx=i, n_layers=c.n_layers)
-            blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps))
+            ffn = None if c.ffn == "none" else FFNS.build(c.ffn, c.d_model, options=c.ffn_options, layer_idx=i,
+                                                          n_layers=c.n_layers)
+            blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm))
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
+        self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.embed_norm else None
         self.blocks = nn.ModuleList(blocks)
-        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.norm = make_norm(c.norm, c.d_model, c.norm_eps if c.final_norm_eps is None else c.final_norm_eps)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -68,16 +99,56 @@ class SeqMixLM(nn.Module):
             raise ValueError(f"token ids must lie in [0, vocab_size={self.config.vocab_size}); "
                              f"got min {int(tokens.min())}, max {int(tokens.max())}")
 
-    def forward(self, tokens: torch.Tensor, state: list | None = None):
+    def forward(self, tokens: torch.Tensor, state: list | None = None, cu_seqlens: torch.Tensor | None = None):
         self._check_tokens(tokens)
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state has {len(state)} layers, the model has {len(self.blocks)}; "
                              "use model.init_state(batch_size)")
+        if cu_seqlens is None:
+            return self._run(tokens, state)
+        if state is not None:
+            raise ValueError("cu_seqlens (packed documents) is a training-path option: give no state")
+        # Gather every document into a right-padded [n_docs, max_len] batch, run the ordinary forward and
+        # scatter the logits back: each document starts at position 0 from the zero state, and causality
+        # makes the padding after it irrelevant, so this is exact for every mixer in every form.
+        B, T = tokens.shape
+        documents = _documents(cu_seqlens, B, T, tokens.device)
+        if documents is None:  # one document per row: the rows themselves
+            return self._run(tokens, None)
+        index, inside = documents
+        logits = self._run(tokens.reshape(B * T)[index], None)
+        return logits[inside].reshape(B, T, -1)  # the documents are in flattened order
+
+    def _run(self, tokens: torch.Tensor, state: list | None):
         x = self.embed(tokens)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         shared: dict = {}
         new_state = []
+        recompute = self.activation_checkpointing and state is None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[i], shared)
+            if recompute:
+                x, s = checkpoint(block, x, None, shared, use_reentrant=False)
+            else:
+                x, s = block(x, None if state is None else state[i], shared)
             new_state.append(s)
         logits = self.head(self.norm(x))
         return logits if state is None else (logits, new_state)
+
+
+def _documents(cu_seqlens: torch.Tensor, B: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(index [n_docs, max_len] into the flattened tokens, padded with each document's first token; mask of
+    the real positions), or None when every row is one document."""
+    n = B * T
+    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    if (cu_seqlens.dtype.is_floating_point or cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0
+            or int(cu[-1]) != n or bool((cu.diff() <= 0).any())):
+        raise ValueError(f"cu_seqlens must be a 1-D increasing integer tensor from 0 to batch·time = {n}, got "
+                         f"{cu_seqlens.tolist() if cu_seqlens.numel() <= 16 else tuple(cu_seqlens.shape)}")
+    cu = torch.unique(torch.cat([cu, torch.arange(0, n + 1, T, device=device)]))  # sorted; row ends are boundaries
+    if cu.numel() == B + 1:
+        return None
+    starts, lengths = cu[:-1], cu.diff()
+    offsets = torch.arange(int(lengths.max()), device=device)
+    inside = offsets < lengths[:, None]
+    return torch.where(inside, starts[:, None] + offsets, starts[:, None]), inside

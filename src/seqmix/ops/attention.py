@@ -36,7 +36,9 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, state: KVCache | None = None, wind
         k = torch.cat([state[0], k], dim=2)
         v = torch.cat([state[1], v], dim=2)
     S = k.shape[2] - T  # number of cached positions before the first query
-    if S == 0 and window is None:
+    if window is None and T == 1:  # one query sees every key: no mask to build
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif S == 0 and window is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     else:
         qpos = torch.arange(S, S + T, device=q.device)[:, None]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from seqmix.ops import gated_linear_attention as gla
 
@@ -71,19 +72,61 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tenso
     return mixer @ v + torch.cat(reads, dim=2), keys @ v + past
 
 
-def _scores(x: Tensor, y: Tensor, cum: Tensor | None) -> Tensor:
-    """A[t, s] = Σ_d x_td y_sd exp(cum_td - cum_sd) for s ≤ t inside each chunk (cum non-increasing)."""
-    return gla.intra_chunk_scores(x, y, cum)
+def _earlier(x: Tensor) -> Tensor:
+    """x moved one position earlier inside each chunk (zero last row)."""
+    return F.pad(x[..., 1:, :], (0, 0, 0, 1))
 
 
-def _strict_scores(x: Tensor, y: Tensor, before: Tensor | None) -> Tensor:
-    """A[t, i] = Σ_d x_td y_id exp(G_{t-1,d} - G_id) for i < t, with before_t = G_{t-1} (exclusive cumsum).
+def _chunk_scores(q: Tensor, k: Tensor, a: Tensor, b: Tensor, G: Tensor | None):
+    """The four score matrices of a chunk, in one batched call of the GLA core's intra-chunk kernel:
 
-    Since G_i = before_{i+1}, this is the inclusive score against y moved one position later, read one
-    column to the right: the same stable kernel, no exp(-g) factors.
+        L_x[t, i] = Σ_d a_td x_id e^{E_td - G_id} (i < t),   Q_x[t, i] = Σ_d q_td x_id e^{G_td - G_id} (i ≤ t)
+
+    for x = b, k. Since E_t = G_{t-1}, row t of L_x is row t-1 of the inclusive score of a moved one
+    position earlier against x: every score uses the one decay G (formed once, shared by all four), with
+    no exp(-g) factors.
     """
-    shifted = F.pad(y[..., :-1, :], (0, 0, 1, 0))
-    return F.pad(_scores(x, shifted, before)[..., 1:], (0, 1))
+    scores = gla.intra_chunk_scores(torch.stack([_earlier(a), _earlier(a), q, q]), torch.stack([b, k, b, k]), G)
+    L_b, L_k = (F.pad(m[..., :-1, :], (0, 0, 1, 0)) for m in scores[:2])
+    return L_b, L_k, scores[2], scores[3]
+
+
+def _diagonal_blocks(M: Tensor, s: int) -> Tensor:
+    """View [.., C/s, s, s] of the s×s diagonal blocks of M [.., C, C]."""
+    n = M.shape[-1] // s
+    return M.unflatten(-1, (n, s)).unflatten(-3, (n, s)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
+
+
+class _UnitLowerSolve(torch.autograd.Function):
+    """X = (I - L)⁻¹ R for L [.., C, C] strictly lower triangular, C a power of two, R [.., C, D].
+
+    The inverse is built by recursive doubling, all chunks at once: with the inverses T_e, T_l of the two
+    s×s diagonal blocks of a 2s-block known, its lower-left block is T_l L_{le} T_e. That is log2(C)
+    batched matmul levels (the same blocks as the GLA core's per-channel scores), where LAPACK's triangular
+    solve loops over the matrices one at a time. Backward: dR = T⁻ᵀ dX, dL = tril(dR Xᵀ).
+    """
+
+    @staticmethod
+    def forward(ctx, L, R):
+        C = L.shape[-1]
+        inverse = torch.zeros_like(L)
+        inverse.diagonal(dim1=-2, dim2=-1).fill_(1)
+        s = 1
+        while s < C:
+            blocks = _diagonal_blocks(inverse, s)
+            early, late = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
+            gla.level_blocks(inverse, s).copy_(gla.thin_matmul(gla.thin_matmul(late, gla.level_blocks(L, s)), early))
+            s *= 2
+        X = inverse @ R
+        ctx.save_for_backward(inverse, X)
+        return X
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dX):
+        inverse, X = ctx.saved_tensors
+        dR = inverse.transpose(-1, -2) @ dX
+        return (dR @ X.transpose(-1, -2)).tril(-1), dR
 
 
 def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | None = None,
@@ -101,9 +144,7 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor
     q, g, S = _prepare(q, k, v, a, b, log_w, state, scale)
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
-    C = chunk_size if T >= chunk_size else max(1, T)
-    if g is not None and g.shape[-1] > 1 and C > gla.SUBCHUNK:
-        C = C - C % gla.SUBCHUNK  # the per-channel scores need whole sub-chunks
+    C = gla.chunk_length(T, chunk_size, power_of_two=True)  # the block solve and scores halve chunks
     pad = (-T) % C
     if pad:
         q, k, v, a, b = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a, b))
@@ -119,11 +160,8 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor
         to_end = (G[..., -1:, :] - G).exp()
         a_dec, q_dec, b_end, k_end = a * E.exp(), q * G.exp(), b * to_end, k * to_end
         chunk_decay = G[..., -1, :].exp().unsqueeze(-1)  # [B, H, N, Dk or 1, 1]
-    L_b, L_k = _strict_scores(a, b, E), _strict_scores(a, k, E)
-    Q_b, Q_k = _scores(q, b, G), _scores(q, k, G)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    solved = torch.linalg.solve_triangular(eye - L_b, torch.cat([a_dec, L_k @ v], dim=-1), upper=False,
-                                           unitriangular=True)
+    L_b, L_k, Q_b, Q_k = _chunk_scores(q, k, a, b, G)
+    solved = _UnitLowerSolve.apply(L_b, torch.cat([a_dec, L_k @ v], dim=-1))
     W, U_local = solved.split([Dk, Dv], dim=-1)
     out = Q_b @ U_local + Q_k @ v
     q_state = q_dec + Q_b @ W  # how each position reads the chunk's initial state
@@ -148,6 +186,6 @@ def step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | 
     decayed = state
     if log_w is not None:
         decayed = (log_w.unsqueeze(-1) if log_w.dim() == 2 else log_w).exp().unsqueeze(-1) * state
-    state = decayed + b.unsqueeze(-1) * read + k.unsqueeze(-1) * v.unsqueeze(-2)
-    out = torch.einsum("bhk,bhkv->bhv", q * scale, state)
+    state = torch.addcmul(torch.addcmul(decayed, b.unsqueeze(-1), read), k.unsqueeze(-1), v.unsqueeze(-2))
+    out = ((q * scale).unsqueeze(-2) @ state).squeeze(-2)
     return out, state

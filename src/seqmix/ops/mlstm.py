@@ -130,11 +130,13 @@ def step(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, state: S
     if state is None:
         state = init_state(*q.shape, v.shape[-1], dtype=q.dtype, device=q.device)
     C, n, m = state
-    m_new = torch.maximum(log_f + m, log_i)
-    f, i = (log_f + m - m_new).exp(), (log_i - m_new).exp()
-    C = f[..., None, None] * C + i[..., None, None] * k.unsqueeze(-1) * v.unsqueeze(-2)
-    n = f.unsqueeze(-1) * n + i.unsqueeze(-1) * k
+    past = log_f + m
+    m_new = torch.maximum(past, log_i)
+    f, i = (past - m_new).exp(), (log_i - m_new).exp()
+    ik = i.unsqueeze(-1) * k
+    C = torch.addcmul(f[..., None, None] * C, ik.unsqueeze(-1), v.unsqueeze(-2))
+    n = torch.addcmul(ik, f.unsqueeze(-1), n)
     q = q * scale
-    num = torch.einsum("bhk,bhkv->bhv", q, C)
+    num = (q.unsqueeze(-2) @ C).squeeze(-2)
     den = (q * n).sum(dim=-1)
     return num / (torch.maximum(den.abs(), (-m_new).exp()) + eps).unsqueeze(-1), (C, n, m_new)

@@ -72,6 +72,6 @@ def step(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
     """One token: r, k, log_w [B, H, Dk], v [B, H, Dv]."""
     if state is None:
         state = r.new_zeros(*r.shape, v.shape[-1])
-    out = torch.einsum("bhk,bhkv->bhv", r, state) + (r * u * k).sum(dim=-1, keepdim=True) * v
-    state = log_w.exp().unsqueeze(-1) * state + k.unsqueeze(-1) * v.unsqueeze(-2)
+    out = (r.unsqueeze(-2) @ state).squeeze(-2) + (r * u * k).sum(dim=-1, keepdim=True) * v
+    state = torch.addcmul(log_w.exp().unsqueeze(-1) * state, k.unsqueeze(-1), v.unsqueeze(-2))
     return out, state

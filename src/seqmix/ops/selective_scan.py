@@ -85,8 +85,8 @@ def step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | Non
     _check(x, dt, A, B, C, time_axis=False)
     if state is None:
         state = x.new_zeros(*x.shape, A.shape[1])
-    h = torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * B[:, None, :]
-    y = torch.einsum("bdn,bn->bd", h, C)
+    h = torch.addcmul(torch.exp(dt[..., None] * A) * state, (dt * x)[..., None], B[:, None, :])
+    y = (h @ C[..., None]).squeeze(-1)
     return _skip(y, x, D), h
 
 

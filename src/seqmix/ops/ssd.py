@@ -33,7 +33,9 @@ def _expand_groups(x: Tensor, H: int) -> Tensor:
     G = x.shape[1]
     if H % G:
         raise ValueError(f"ssd: the number of heads {H} is not divisible by ngroups={G}")
-    return x.repeat_interleave(H // G, dim=1) if G != H else x
+    if G == H:
+        return x
+    return x.unsqueeze(2).expand(x.shape[0], G, H // G, *x.shape[2:]).flatten(1, 2)  # a view when G = 1
 
 
 def _inputs(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, time_axis: bool):

@@ -11,6 +11,8 @@ DEFAULT_STEPS = 1000
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
+PARALLEL = ("ddp", "fsdp")
+CHECKPOINT_FORMATS = ("full", "sharded")
 
 
 def default_model() -> ModelConfig:
@@ -25,8 +27,17 @@ class TrainConfig:
     (``DEFAULT_STEPS``). ``time_budget`` (seconds) caps the run as well: the schedule then advances by
     whichever budget is further spent, so the learning rate still anneals when time runs out first.
     ``out_dir=None`` trains without a log or checkpoints. ``dtype="bfloat16"`` autocasts the forward pass;
-    weights and optimiser stay float32. ``on_nonfinite``: a NaN/Inf loss or gradient "stop"s the run or
-    "skip"s that step.
+    weights and optimiser stay float32, and so do the mixers' recurrences (see ``model.lm.Block``).
+    ``on_nonfinite``: a NaN/Inf loss or gradient "stop"s the run or "skip"s that step.
+
+    ``batch_size`` is the global batch (rows per optimiser step), whatever the number of processes: each of
+    the ``W`` processes (``torchrun``) reads its own ``batch_size / W`` rows, in ``grad_accum`` micro-batches
+    of ``batch_size / (W · grad_accum)`` rows whose gradients add up before the step. ``parallel``: "ddp"
+    (every process holds the whole model) or "fsdp" (FSDP2: parameters, gradients and optimiser state
+    sharded across processes). ``checkpoint_format``: "full" gathers everything into one file; "sharded"
+    lets every process write its own shard (torch.distributed.checkpoint), for models too large to gather.
+    ``pack``: rows are packed from whole documents and pieces (``data.PackedSampler``), each starting from
+    the zero state. ``activation_checkpointing`` recomputes each block in the backward pass.
     """
 
     model: ModelConfig = field(default_factory=default_model)
@@ -54,6 +65,11 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     on_nonfinite: str = "stop"
+    grad_accum: int = 1
+    parallel: str = "ddp"
+    checkpoint_format: str = "full"
+    pack: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -61,7 +77,7 @@ class TrainConfig:
         if not isinstance(self.model, ModelConfig):
             raise ValueError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
         for name in ("batch_size", "seq_len", "log_interval", "eval_interval", "checkpoint_interval",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "grad_accum"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainConfig.{name}={value!r}: must be a positive integer")
@@ -79,9 +95,16 @@ class TrainConfig:
             raise ValueError("TrainConfig: warmup_steps and weight_decay must be >= 0, beta1 and beta2 in [0, 1)")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig.grad_clip={self.grad_clip!r}: must be positive or None")
-        for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("on_nonfinite", ON_NONFINITE)):
+        for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("on_nonfinite", ON_NONFINITE),
+                              ("parallel", PARALLEL), ("checkpoint_format", CHECKPOINT_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
+        for name in ("pack", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be True or False")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig.batch_size={self.batch_size} must be divisible by grad_accum="
+                             f"{self.grad_accum} (the global batch is split into grad_accum micro-batches)")
 
     @property
     def total_steps(self) -> int:

@@ -1,7 +1,7 @@
 """The training loop: AdamW, warm-up + cosine, clipping, a JSONL log, checkpoints and exact resumption.
 
-``train(TrainConfig(...))`` trains a SeqMixLM on random windows of the training split and returns a summary
-dict (the trained ``model`` included). With ``out_dir`` it writes::
+``train(TrainConfig(...))`` trains a SeqMixLM on random windows of the training split (or on packed rows,
+``pack=True``) and returns a summary dict (the trained ``model`` included). With ``out_dir`` it writes::
 
     <out>/config.json                     the TrainConfig
     <out>/log.jsonl                       one JSON record per log / evaluation step and a final one
@@ -11,6 +11,13 @@ dict (the trained ``model`` included). With ``out_dir`` it writes::
 weights, optimiser moments, step (hence the schedule), RNG states and data position are restored, so the
 losses after the checkpoint are the ones an uninterrupted run computes, step for step. Without
 ``resume``, an ``out_dir`` that already holds checkpoints is refused rather than overwritten.
+
+Under a launcher (``torchrun``, ``seqmix train --nproc``) every process runs ``train``: each builds the same
+model from the seed, wraps it (DDP or FSDP2, ``train.distributed``) and reads its own rows of every global
+batch, in ``grad_accum`` micro-batches. The summed loss is divided by the number of targets of the *global*
+batch, so the averaged gradient is the one a single process computes on the whole batch. The data position
+is the global step, so a checkpoint resumes with any number of processes. Only rank 0 shows progress and
+writes the log and checkpoint files; every rank takes part in gathering or writing shards.
 """
 from __future__ import annotations
 
@@ -26,18 +33,32 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from seqmix.data import BatchSampler, load_corpus
+from seqmix.data import IGNORE, BatchSampler, PackedSampler, load_corpus
 from seqmix.eval import evaluate
 from seqmix.model import SeqMixLM
-from seqmix.train.checkpoint import Checkpoint, latest, save_checkpoint, step_dir
+from seqmix.train import distributed
+from seqmix.train.checkpoint import (Checkpoint, begin_checkpoint, commit_checkpoint, latest, model_tensors,
+                                     save_checkpoint, step_dir, temporary)
 from seqmix.train.config import TrainConfig
+from seqmix.train.distributed import Ranks
 
 # what must not change between a checkpoint and its resumption (the data stream and the weights' meaning)
-RESUME_FIELDS = ("model", "corpus", "batch_size", "seq_len", "seed")
+RESUME_FIELDS = ("model", "corpus", "batch_size", "seq_len", "seed", "pack")
 
 
 class NonFiniteError(RuntimeError):
     """The loss or the gradient became NaN or Inf (with ``on_nonfinite="stop"``)."""
+
+
+class OutOfMemory(RuntimeError):
+    """The model and a micro-batch did not fit in memory; the message says what to change."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, the CPU allocator's failure, or Python's MemoryError."""
+    text = str(err)
+    return (isinstance(err, (torch.OutOfMemoryError, MemoryError))
+            or isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -55,27 +76,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
 
 
-def _optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
-    names = {id(p): n for n, p in model.named_parameters()}
-    return {f"optimizer/{names[id(p)]}/{k}": v if isinstance(v, torch.Tensor) else torch.tensor(v)
-            for group in optimizer.param_groups for p in group["params"]
-            for k, v in optimizer.state.get(p, {}).items()}
-
-
-def _load_optimizer(model, optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    by_param: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer/"):
-            name, _, field = key[len("optimizer/"):].rpartition("/")
-            by_param.setdefault(name, {})[field] = value
-    names = {id(p): n for n, p in model.named_parameters()}
-    state_dict = optimizer.state_dict()
-    state_dict["state"] = {index: by_param[names[id(p)]]
-                           for group, saved in zip(optimizer.param_groups, state_dict["param_groups"])
-                           for p, index in zip(group["params"], saved["params"]) if names[id(p)] in by_param}
-    optimizer.load_state_dict(state_dict)
-
-
 def _rng_tensors() -> dict[str, torch.Tensor]:
     out = {"rng/torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -90,7 +90,28 @@ def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _restore(directory: Path, config: TrainConfig, model, optimizer, sampler: BatchSampler) -> tuple[int, int, float]:
+def _save(directory: Path, config: TrainConfig, ranks: Ranks, model, wrapped, optimizer, meta: dict) -> None:
+    """Write one checkpoint; every rank calls it (gathering or writing shards), rank 0 writes the files."""
+    configs = {"model": config.model.to_dict(), "train": config.to_dict()}
+    meta = {**meta, "world_size": ranks.world_size, "parallel": config.parallel if ranks.distributed else None}
+    if config.checkpoint_format == "sharded":
+        tmp = temporary(directory, tag="sharded")
+        if ranks.main:
+            begin_checkpoint(directory, tag="sharded")
+        ranks.barrier()
+        distributed.save_sharded(tmp, wrapped, optimizer)
+        ranks.barrier()
+        if ranks.main:
+            commit_checkpoint(tmp, directory, configs, {**meta, "layout": "sharded"}, _rng_tensors())
+    else:
+        weights = distributed.full_model_state(wrapped)
+        moments = distributed.full_optimizer_tensors(wrapped, optimizer)
+        if ranks.main:
+            save_checkpoint(directory, model_tensors(model, weights), configs, meta, {**moments, **_rng_tensors()})
+    ranks.barrier()
+
+
+def _restore(directory: Path, config: TrainConfig, model, wrapped, optimizer, sampler) -> tuple[int, int, float]:
     """Load a verified checkpoint into the run's objects -> (step, tokens, elapsed seconds)."""
     ckpt = Checkpoint(directory)  # every file's hash is checked before anything is loaded
     if ckpt.trainer_tensors is None or "train" not in ckpt.config:
@@ -100,19 +121,31 @@ def _restore(directory: Path, config: TrainConfig, model, optimizer, sampler: Ba
     if changed:
         raise ValueError(f"cannot resume {directory}: {', '.join(changed)} differ from the checkpoint's "
                          f"({', '.join(f'{f}={getattr(saved, f)!r}' for f in changed)})")
-    ckpt.load_weights(model)
-    _load_optimizer(model, optimizer, ckpt.trainer_tensors)
+    if ckpt.layout == "sharded":
+        ckpt.check_fits(model)
+        distributed.load_sharded(directory, wrapped, optimizer)
+    else:
+        distributed.load_full(wrapped, optimizer, ckpt.full_state(model), ckpt.trainer_tensors)
     _restore_rng(ckpt.trainer_tensors)
     sampler.load_state_dict(ckpt.meta["data"])
     return ckpt.meta["step"], ckpt.meta["tokens"], ckpt.meta["elapsed_s"]
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("TrainConfig.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
+def _micro_rows(config: TrainConfig, ranks: Ranks) -> int:
+    """Rows of one micro-batch: the global batch split over processes, then over accumulation steps."""
+    parts = ranks.world_size * config.grad_accum
+    if config.batch_size % parts:
+        raise ValueError(f"TrainConfig.batch_size={config.batch_size} must be divisible by processes × grad_accum "
+                         f"= {ranks.world_size} × {config.grad_accum}")
+    return config.batch_size // parts
+
+
+def _out_of_memory_advice(config: TrainConfig, ranks: Ranks, rows: int) -> str:
+    more = ("; with several processes, --parallel fsdp also shards weights and optimiser state"
+            if ranks.distributed and config.parallel == "ddp" else "")
+    return (f"out of memory on {ranks.device} with micro-batches of {rows} x {config.seq_len} tokens per process. "
+            f"Lower --batch-size, or keep it and raise --grad-accum (now {config.grad_accum}; the same global "
+            f"batch in smaller micro-batches), add --activation-checkpointing, or use --dtype bfloat16{more}")
 
 
 class _Log:
@@ -143,16 +176,35 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     """Train ``config.model`` and return a summary: ``model``, ``steps``, ``tokens``, ``elapsed_s``
     (training time, all sessions of a resumed run), ``train_loss`` (last step, nats), ``val_bpb`` and ``val``
     (the evaluate() dict on ``final_eval_bytes`` of the validation split), ``stopped_by`` ("steps" or
-    "time_budget"), ``checkpoint`` (path or None), ``parameters`` and ``history`` (this call's records).
+    "time_budget"), ``checkpoint`` (path or None), ``parameters``, ``world_size`` and ``history`` (this
+    call's records).
 
-    ``quiet`` hides the progress bar; ``progress`` is called with every record (train, eval, done).
+    ``quiet`` hides the progress bar (always hidden on ranks other than 0); ``progress`` is called with every
+    record (train, eval, done). Raises ``NonFiniteError`` (see ``on_nonfinite``) and ``OutOfMemory`` (with
+    advice) instead of the underlying errors.
     """
-    device = _device(config.device)
+    ranks = Ranks.from_environment(config.device)
+    try:
+        rows = _micro_rows(config, ranks)
+        try:
+            return _train(config, ranks, rows, resume, quiet or not ranks.main, progress)
+        except (RuntimeError, MemoryError) as err:
+            if isinstance(err, NonFiniteError) or not is_out_of_memory(err):
+                raise
+            raise OutOfMemory(_out_of_memory_advice(config, ranks, rows)) from None
+    finally:
+        ranks.close()
+
+
+def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bool,
+           progress: Callable[[dict], None] | None) -> dict:
+    device = ranks.device
     corpus = load_corpus(config.corpus)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # every rank builds the same initial weights
     model = SeqMixLM(config.model).to(device)
-    optimizer = make_optimizer(model, config)
-    sampler = BatchSampler(corpus["train"], config.batch_size, config.seq_len, seed=config.seed)
+    model.activation_checkpointing = config.activation_checkpointing
+    sampler = (PackedSampler if config.pack else BatchSampler)(corpus["train"], config.batch_size, config.seq_len,
+                                                               seed=config.seed)
     step, tokens, elapsed_before = 0, 0, 0.0
     out = Path(config.out_dir) if config.out_dir is not None else None
     checkpoints = out / "checkpoints" if out is not None else None
@@ -161,22 +213,28 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
         if resume:
             raise ValueError("resume=True needs TrainConfig.out_dir (where the checkpoints are)")
     else:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in checkpoints.glob(".step_*.tmp-*"):  # left by a run killed while writing
-            shutil.rmtree(stale)
+        if ranks.main:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            for stale in checkpoints.glob(".step_*.tmp-*"):  # left by a run killed while writing
+                shutil.rmtree(stale)
+        ranks.barrier()
         found = latest(checkpoints)
         if found is not None and not resume:
             raise ValueError(f"{out} already holds a run (checkpoint {found.name}); resume it (resume=True, "
                              "--resume) or choose another out_dir")
-        if found is not None:
-            step, tokens, elapsed_before = _restore(found, config, model, optimizer, sampler)
+    wrapped = distributed.wrap(model, config.parallel, ranks)
+    optimizer = make_optimizer(model, config)  # after FSDP2 sharded the parameters
+    if found is not None:
+        step, tokens, elapsed_before = _restore(found, config, model, wrapped, optimizer, sampler)
+    if out is not None and ranks.main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    log = _Log(out / "log.jsonl" if out is not None else None, step if found is not None else None)
+    log = _Log(out / "log.jsonl" if out is not None and ranks.main else None, step if found is not None else None)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
     total = config.total_steps
     history: list[dict] = []
     val_bpb = None
+    first_row = ranks.rank * rows * config.grad_accum  # this rank's share of every global batch
 
     def emit(record: dict) -> None:
         history.append(record)
@@ -185,7 +243,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
             progress(record)
 
     def run_eval(max_bytes):
-        with autocast:
+        with autocast:  # every rank evaluates (FSDP2 needs all of them for each forward)
             return evaluate(model, corpus["validation"], config.seq_len, max_bytes=max_bytes)
 
     def save() -> Path | None:
@@ -195,10 +253,10 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
         if not directory.exists():
             meta = {"step": step, "tokens": tokens, "elapsed_s": elapsed, "data": sampler.state_dict(),
                     "val_bpb": val_bpb, "parameters": model.num_parameters()}
-            save_checkpoint(directory, model, {"model": config.model.to_dict(), "train": config.to_dict()},
-                            meta, {**_optimizer_tensors(model, optimizer), **_rng_tensors()})
-            for old in sorted(checkpoints.glob("step_*"))[:-config.keep_checkpoints]:
-                shutil.rmtree(old)
+            _save(directory, config, ranks, model, wrapped, optimizer, meta)
+            if ranks.main:
+                for old in sorted(checkpoints.glob("step_*"))[:-config.keep_checkpoints]:
+                    shutil.rmtree(old)
         return directory
 
     bar = tqdm(total=total, initial=step, disable=quiet, unit="step", dynamic_ncols=True, desc="train")
@@ -209,25 +267,36 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     model.train()
     while step < total:
         elapsed = elapsed_before + time.perf_counter() - start
-        if config.time_budget is not None and elapsed >= config.time_budget:
-            stopped_by = "time_budget"
-            break
+        if config.time_budget is not None:
+            elapsed = ranks.max(elapsed)  # every rank takes the same decision
+            if elapsed >= config.time_budget:
+                stopped_by = "time_budget"
+                break
         fraction = step / total
         if config.time_budget is not None:
             fraction = max(fraction, elapsed / config.time_budget)
         lr = learning_rate(config, step, fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = (t.to(device) for t in next(sampler))
-        with autocast:
-            logits = model(x)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: softmax in float32
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss_value = loss.item()
+        batches = [sampler.batch(step, slice(first_row + m * rows, first_row + (m + 1) * rows))
+                   for m in range(config.grad_accum)]
+        # the gradient of Σ loss / (targets of the global batch); DDP and FSDP2 average over ranks, hence · W
+        n_targets = ranks.sum(sum(int((b[1] != IGNORE).sum()) for b in batches))[0]
+        scale = ranks.world_size / max(n_targets, 1)
+        loss_sum = 0.0
+        for m, (x, y, *packing) in enumerate(batches):
+            with distributed.gradient_sync(wrapped, m == config.grad_accum - 1):
+                with autocast:
+                    logits = wrapped(x.to(device), cu_seqlens=packing[0] if packing else None)
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: softmax in float32
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum")
+                (loss * scale).backward()
+            loss_sum += loss.item()
+        loss_value = ranks.sum(loss_sum)[0] / max(n_targets, 1)
         problem = None if math.isfinite(loss_value) else f"loss is {loss_value}"
         if problem is None:
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf).item()
+            grad_norm = distributed.clip_grad_norm(model.parameters(), config.grad_clip or math.inf)
             problem = None if math.isfinite(grad_norm) else f"gradient norm is {grad_norm}"
         if problem is not None and config.on_nonfinite == "stop":
             bar.close()
@@ -237,7 +306,8 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens += x.numel()
+        sampler.position = step
+        tokens += config.batch_size * config.seq_len
         bar.update(1)
         if problem is not None or step % config.log_interval == 0 or step == total:
             now = time.perf_counter()
@@ -271,4 +341,4 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     return {"model": model, "steps": step, "tokens": tokens, "elapsed_s": elapsed, "train_loss": loss_value,
             "val_bpb": val_bpb, "val": val, "stopped_by": stopped_by,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
-            "parameters": model.num_parameters(), "history": history}
+            "parameters": model.num_parameters(), "world_size": ranks.world_size, "history": history}

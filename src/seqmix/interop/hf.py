@@ -1,0 +1,170 @@
+"""seqmix models as transformers models (the ``seqmix[hf]`` extra): ``SeqMixConfig``, ``SeqMixForCausalLM``.
+
+Importing this module registers both with ``AutoConfig`` / ``AutoModelForCausalLM`` (model_type
+"seqmix"), so ``save_pretrained`` writes config.json + model.safetensors and
+``AutoModelForCausalLM.from_pretrained(directory)`` reads them back.
+
+``generate()`` runs on the recurrent state: the prompt is prefilled in one forward (the mixers' chunked
+form) and every new token is one ``SeqMixLM`` step from the state, which travels between steps as the
+model kwarg ``state`` (the name transformers already carries between generation steps for recurrent
+models, and reorders for beam search through ``_reorder_cache``). No prefix is ever recomputed.
+Padding is refused: a recurrent state has no way to skip pad tokens, so prompts of a batch must have the
+same length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from seqmix.interop.convert import from_transformers
+from seqmix.model import ModelConfig, SeqMixLM
+from seqmix.model.state import select_batch
+
+# ModelConfig's fields, stored flat in config.json; tie_embeddings is transformers' tie_word_embeddings.
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "tie_embeddings")
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+
+class SeqMixConfig(PretrainedConfig):
+    """A ``ModelConfig`` as a transformers config: ``SeqMixConfig(mixer="mamba2", d_model=256, ...)`` takes
+    ModelConfig's fields (validated the same way) plus transformers' own keyword arguments;
+    ``tie_word_embeddings`` is ModelConfig's ``tie_embeddings``."""
+
+    model_type = "seqmix"
+    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads"}
+
+    def __init__(self, **kwargs):
+        defaults = ModelConfig()
+        fields = {name: kwargs.pop(name, getattr(defaults, name)) for name in MODEL_FIELDS}
+        tie = kwargs.pop("tie_word_embeddings", defaults.tie_embeddings)
+        ModelConfig(**fields, tie_embeddings=tie)  # validate now, with ModelConfig's error messages
+        for name, value in fields.items():
+            setattr(self, name, value)
+        super().__init__(tie_word_embeddings=tie, **kwargs)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs) -> "SeqMixConfig":
+        fields = config.to_dict()
+        return cls(tie_word_embeddings=fields.pop("tie_embeddings"), **fields, **kwargs)
+
+    def to_model_config(self) -> ModelConfig:
+        return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS},
+                           tie_embeddings=bool(self.tie_word_embeddings))
+
+
+@dataclass
+class SeqMixCausalLMOutput(ModelOutput):
+    """logits [B, T, vocab]; ``state``: the recurrent state after the tokens (when ``use_cache``)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    state: list | None = None
+
+
+class SeqMixForCausalLM(PreTrainedModel, GenerationMixin):
+    """A ``SeqMixLM`` (``self.model``) behind transformers' causal-LM interface.
+
+    ``forward(input_ids, state=None, use_cache=None, labels=None)``: with ``use_cache`` (the default in
+    eval mode) and no state, the zero state is created; the returned ``state`` continues the sequence.
+    ``labels`` gives the shifted next-token cross-entropy (-100 ignored), as transformers' models do.
+    """
+
+    config_class = SeqMixConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _is_stateful = True
+    # transformers >= 5 names the tied pair target -> source; 4.x lists the tied names
+    _tied_weights_keys = {"model.head.weight": "model.embed.weight"} if TRANSFORMERS_MAJOR >= 5 else ["model.head.weight"]
+
+    def __init__(self, config: SeqMixConfig, model: SeqMixLM | None = None):
+        super().__init__(config)
+        self.model = SeqMixLM(config.to_model_config()) if model is None else model
+        self.post_init()
+
+    @classmethod
+    def from_seqmix(cls, model: SeqMixLM) -> "SeqMixForCausalLM":
+        """Wrap an existing SeqMixLM (its weights are shared, not copied)."""
+        return cls(SeqMixConfig.from_model_config(model.config), model)
+
+    def _init_weights(self, module):
+        """Nothing: every seqmix module initialises itself when built (and from_pretrained loads all weights)."""
+
+    def get_input_embeddings(self):
+        return self.model.embed
+
+    def set_input_embeddings(self, value):
+        self.model.embed = value
+
+    def get_output_embeddings(self):
+        return self.model.head
+
+    def set_output_embeddings(self, value):
+        self.model.head = value
+
+    def forward(self, input_ids: torch.LongTensor, state: list | None = None, use_cache: bool | None = None,
+                labels: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                return_dict: bool | None = None, **kwargs) -> SeqMixCausalLMOutput | tuple:
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("SeqMixForCausalLM: padded batches (attention_mask with zeros) are not supported by "
+                             "recurrent state; give prompts of one length, or one prompt per call")
+        use_cache = (not self.training) if use_cache is None else use_cache
+        if use_cache and state is None:
+            state = self.model.init_state(input_ids.shape[0])
+        if state is None:
+            logits = self.model(input_ids)
+        else:
+            logits, state = self.model(input_ids, state=state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        output = SeqMixCausalLMOutput(loss=loss, logits=logits, state=state if use_cache else None)
+        return output if return_dict is not False else output.to_tuple()
+
+    # --- generation: the state is the cache ---------------------------------------------------------------
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # our cache is `state`; no transformers Cache object is made for it
+
+    def prepare_inputs_for_generation(self, input_ids, state=None, use_cache=None, attention_mask=None, **kwargs):
+        if state is not None:  # everything before the last token is already in the state
+            input_ids = input_ids[:, -1:]
+        return {"input_ids": input_ids, "state": state, "use_cache": use_cache is not False,
+                "attention_mask": attention_mask if state is None else None}
+
+    def _reorder_cache(self, state, beam_idx):
+        return select_batch(state, beam_idx.to(self.device))
+
+    def generate(self, *args, **kwargs):
+        config = kwargs.get("generation_config") or self.generation_config
+        if TRANSFORMERS_MAJOR < 5 and kwargs.get("num_beams", config.num_beams) > 1:
+            raise ValueError("SeqMixForCausalLM: beam search needs transformers >= 5 (4.x does not reorder a "
+                             "recurrent `state` between beams)")
+        return super().generate(*args, **kwargs)
+
+
+AutoConfig.register("seqmix", SeqMixConfig, exist_ok=True)
+AutoModelForCausalLM.register(SeqMixConfig, SeqMixForCausalLM, exist_ok=True)
+
+
+def load_pretrained(directory: str | Path) -> SeqMixLM:
+    """A SeqMixLM from a transformers ``save_pretrained`` directory: a ``SeqMixForCausalLM`` one, or a Mamba,
+    Mamba-2 or RWKV-4 one (converted with ``from_transformers``). In eval mode, float32, on the CPU."""
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json (not a save_pretrained directory)")
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    if model_type == SeqMixConfig.model_type:
+        return SeqMixForCausalLM.from_pretrained(directory).model.float().eval()
+    if model_type not in ("mamba", "mamba2", "rwkv"):
+        raise ValueError(f"{directory}: model_type={model_type!r} is not supported; "
+                         "expected 'seqmix', 'mamba', 'mamba2' or 'rwkv'")
+    return from_transformers(AutoModelForCausalLM.from_pretrained(directory).float())
