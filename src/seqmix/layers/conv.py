@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -10,7 +9,10 @@ class ShortConv(nn.Module):
     """y_t = Σ_{j<K} w_j ⊙ x_{t-K+1+j} (+ bias), channel-wise, causal.
 
     The state is the tail: the last K-1 *inputs* [B, K-1, C], so a sequence may be cut anywhere.
-    Shapes: x [B, T, C] -> y [B, T, C].
+    Shapes: x [B, T, C] -> y [B, T, C]. The weights live in an ``nn.Conv1d`` (the usual parameter layout),
+    but the sum is taken as K shifted multiply-adds in the [B, T, C] layout: no transposes to the channel-
+    first layout conv1d wants, about 2× faster on CPU forward and backward, and a handful of small ops when
+    decoding (conv1d's dispatch alone costs ten times that at T = 1).
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True):
@@ -26,10 +28,10 @@ class ShortConv(nn.Module):
         """Returns (y, new_tail). tail None means zeros (start of a sequence)."""
         if tail is None:
             tail = self.init_state(x.shape[0]).to(x.dtype)
-        xt = torch.cat([tail, x], dim=1)
-        if x.shape[1] == 1:  # decoding: a multiply-and-sum over the window costs a tenth of conv1d's dispatch
-            conv = self.conv
-            y = (xt * conv.weight[:, 0].t()).sum(1, keepdim=True)
-            return (y if conv.bias is None else y + conv.bias), xt[:, 1:]
-        y = F.conv1d(xt.transpose(1, 2), self.conv.weight, self.conv.bias, groups=xt.shape[-1]).transpose(1, 2)
-        return y, xt[:, xt.shape[1] - (self.kernel_size - 1):]
+        T = x.shape[1]
+        xt = torch.cat([tail, x], dim=1)  # [B, K-1+T, C]
+        w, bias = self.conv.weight[:, 0].t(), self.conv.bias  # w [K, C]
+        y = xt[:, :T] * w[0] if bias is None else torch.addcmul(bias, xt[:, :T], w[0])
+        for j in range(1, self.kernel_size):
+            y = torch.addcmul(y, xt[:, j:j + T], w[j])
+        return y, xt[:, T:]

@@ -16,8 +16,23 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive integer")
 
 
+class DictConfig:
+    """JSON round trip for config dataclasses; unknown keys are refused by name."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; fields are {sorted(known)}")
+        return cls(**d)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(DictConfig):
     """A language model: embedding -> n_layers × [x + mixer(norm x); x + ffn(norm x)] -> norm -> head.
 
     * ``mixer``: one registered mixer for every layer (``available_mixers()``), or
@@ -108,14 +123,3 @@ class ModelConfig:
             return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}) for s in specs]
         # an explicit per-layer entry is the most specific setting
         return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}) for s in specs]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; fields are {sorted(known)}")
-        return cls(**d)

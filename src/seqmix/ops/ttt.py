@@ -57,7 +57,6 @@ from torch.utils.checkpoint import checkpoint
 Tensor = torch.Tensor
 
 LN_EPS = 1e-6
-OUTPUT_GROUP = 64  # mini-batches whose anchors are kept at once for the batched outputs (bounds that memory)
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
@@ -250,58 +249,49 @@ def step(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_
     return out, _pack(Ws, grad_sums, r + 1, B, q.device)
 
 
-def _advance(Ws, Ss, acts, grads, eta, eta_last, update0, tau, complete):
-    """The anchors and gradient sums after one mini-batch (all [N, ...], N = B·H).
+def _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, E, scores0, complete):
+    """One mini-batch in dual form, all [N, ...] with N = B·H, b = mini-batch size.
 
-    eta, eta_last = τ_b η [N, b, 1]; update0 = (eta_last ⊙ keys)ᵀ [N, d+1, b], precomputed. Ss: the sums
-    carried in when the mini-batch was entered part-way, else None. Returns (anchors, sums or None).
+    kq [N, 2b, d+1]: augmented keys then queries; target [N, b, d] (from `_loss`); eta, eta_last = τ_b η
+    [N, b, 1]; update0 = (eta_last ⊙ keys)ᵀ [N, d+1, b]; E = tril(τ_i η_j) and scores0 = E ⊙ (queries keysᵀ)
+    [N, b, b]. Everything but W is precomputed for all mini-batches at once. Ss: the gradient sums carried
+    in when the mini-batch was entered part-way, else None. Returns (z̄ [N, b, d], anchors, sums).
     """
+    b = target.shape[-2]
+    z1 = kq @ Ws[0]  # keys and queries through the first layer in one product
+    keys, a = kq[:, :b], kq[:, b:]
+    acts, grads = _inner_grads(Ws, keys, target, weight_sq, z1[:, :b])
+    z = z1[:, b:]
+    for l, W in enumerate(Ws):
+        if l:
+            a = _aug(gelu_tanh(z))
+            z = a @ W
+        scores = scores0 if l == 0 else E * (a @ acts[l].transpose(-1, -2))
+        z = torch.baddbmm(z, scores, grads[l], alpha=-1)  # row i: a_i W_i = a_i W − τ_i Σ_{j≤i} η_j (a_i·A_j) G_j
+        if Ss is not None:
+            z = z - tau[:, None] * (a @ Ss[l])
     if Ss is None and complete:  # the common case: W⁽ⁿ⁺¹⁾ = W⁽ⁿ⁾ − τ_b Σ_j η_j A_jᵀ G_j
         new = [torch.baddbmm(Ws[0], update0, grads[0], alpha=-1)]
         new += [torch.baddbmm(W, (eta_last * A).transpose(-1, -2), G, alpha=-1)
                 for W, A, G in zip(Ws[1:], acts[1:], grads[1:])]
-        return new, None
+        return z, new, None
     sums = [(eta * A).transpose(-1, -2) @ G for A, G in zip(acts, grads)]
     if Ss is not None:
         sums = [S + s for S, s in zip(Ss, sums)]
     if complete:
-        return [W - tau[-1] * s for W, s in zip(Ws, sums)], None
-    return Ws, sums
+        return z, [W - tau[-1] * s for W, s in zip(Ws, sums)], None
+    return z, Ws, sums
 
 
 def _dual_group(Ws, Ss, inputs, tau, weight_sq, last_complete):
-    """Consecutive mini-batches (dim 0 of every tensor in `inputs`); only the last may be incomplete.
-
-    inputs, each [n, N, ...] with N = B·H: keys and queries [.., b, d+1] (augmented), target [.., b, d] (from
-    `_loss`), eta, eta_last [.., b, 1], update0 [.., d+1, b], E = tril(τ_i η_j) and scores0 = E ⊙ (queries
-    keysᵀ) [.., b, b]. Only the keys' path is sequential: each mini-batch's gradients are taken at the
-    anchor its predecessors left. The queries' outputs are linear in those anchors and gradients,
-
-        z̄_l = a_l W_l − (E ⊙ a_l A_lᵀ) G_l  (− τ_i a_l S_l when entered part-way with sums S),
-
-    so they are formed afterwards for the whole group in batched products. Returns (z̄ [n, N, b, d], anchors,
-    sums).
-    """
-    keys, queries, target, eta, eta_last, update0, E, scores0 = inputs
-    n, N = keys.shape[:2]
-    sums_in = Ss
-    anchors, acts, grads = [], [], []
-    for i, (k_i, t_i, e_i, el_i, u_i) in enumerate(zip(*(x.unbind() for x in (keys, target, eta, eta_last, update0)))):
-        A, G = _inner_grads(Ws, k_i, t_i, weight_sq)
-        anchors.append(Ws)
-        acts.append(A)
-        grads.append(G)
-        Ws, Ss = _advance(Ws, Ss, A, G, e_i, el_i, u_i, tau, last_complete or i + 1 < n)
-    batch = lambda per_mb, l: torch.stack([x[l] for x in per_mb]).flatten(0, 1)  # [n·N, ...], layer l
-    a = queries.flatten(0, 1)
-    for l in range(len(Ws)):
-        if l:
-            a = _aug(gelu_tanh(z))
-        scores = scores0.flatten(0, 1) if l == 0 else E.flatten(0, 1) * (a @ batch(acts, l).transpose(-1, -2))
-        z = torch.baddbmm(a @ batch(anchors, l), scores, batch(grads, l), alpha=-1)
-        if sums_in is not None:  # only the group's first mini-batch carries sums in
-            z = torch.cat([z[:N] - tau[:, None] * (a[:N] @ sums_in[l]), z[N:]])
-    return z.unflatten(0, (n, N)), Ws, Ss
+    """Consecutive mini-batches (dim 0 of every tensor in `inputs`); only the last may be incomplete."""
+    n = inputs[0].shape[0]
+    zs = []
+    for i, (kq, target, eta, eta_last, update0, E, scores0) in enumerate(zip(*(x.unbind() for x in inputs))):
+        z, Ws, Ss = _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, E, scores0,
+                                    last_complete or i + 1 < n)
+        zs.append(z)
+    return torch.stack(zs), Ws, Ss
 
 
 def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_weight: Tensor,
@@ -330,8 +320,11 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, 
             x = F.pad(x, (0, 0, r, pad_back))
         return x.unflatten(2, (N, b)).permute(2, 0, 1, 3, 4)
 
-    # keys and queries of each mini-batch, with the constant feature 1 that multiplies the bias row
-    keys, queries = (_aug(blocks(x)) for x in (k, q))  # [N, B, H, b, d+1]
+    # keys then queries of each mini-batch, with the constant feature 1 that multiplies the bias row
+    kq = q.new_ones(N, B, H, 2 * b, d + 1)
+    kq[..., :b, :d] = blocks(k)
+    kq[..., b:, :d] = blocks(q)
+    keys, queries = kq[..., :b, :], kq[..., b:, :]
     target, weight_sq = _loss(keys[..., :d], blocks(v), ln_weight, ln_bias, ln_residual)
     eta = blocks(eta[..., None])  # [N, B, H, b, 1]
     eta_last = tau[-1] * eta
@@ -339,19 +332,18 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, 
     causal = torch.ones(b, b, dtype=torch.bool, device=q.device).tril()
     E = (tau[:, None] * eta.transpose(-1, -2)).masked_fill(~causal, 0)  # [N, B, H, b, b]: τ_i η_j, j ≤ i
     scores0 = E * (queries @ keys.transpose(-1, -2))
-    inputs = [x.flatten(1, 2).contiguous() for x in (keys, queries, target, eta, eta_last, update0, E, scores0)]
+    inputs = [x.flatten(1, 2).contiguous() for x in (kq, target, eta, eta_last, update0, E, scores0)]
     Ws = [W.reshape(B * H, *W.shape[2:]) for W in Ws]
     if Ss is not None:
         Ss = [S.reshape(B * H, *S.shape[2:]) for S in Ss]
     if weight_sq is not None:
         weight_sq = weight_sq.expand(B, H, 1, d).reshape(B * H, 1, d)
     complete = pad_back == 0
-    checkpointing = checkpoint_group and torch.is_grad_enabled()
-    group = checkpoint_group if checkpointing else min(N, OUTPUT_GROUP)
+    group = checkpoint_group if checkpoint_group and torch.is_grad_enabled() else N
     zs = []
     for g0 in range(0, N, group):
         args = (Ws, Ss, [x[g0:g0 + group] for x in inputs], tau, weight_sq, complete or g0 + group < N)
-        if checkpointing and group < N:
+        if group < N:
             z, Ws, Ss = checkpoint(_dual_group, *args, use_reentrant=False)
         else:
             z, Ws, Ss = _dual_group(*args)

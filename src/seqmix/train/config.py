@@ -1,11 +1,11 @@
 """TrainConfig: one training run (model, data, budget, optimiser, schedule, logging), validated up front."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from seqmix.model import ModelConfig
+from seqmix.model.config import DictConfig
 
 DEFAULT_STEPS = 1000
 DEVICES = ("auto", "cpu", "cuda")
@@ -20,7 +20,7 @@ def default_model() -> ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """AdamW with linear warm-up then cosine decay to ``lr · min_lr_ratio``, gradient clipping.
 
     Budget: ``steps``, or ``tokens`` (converted to steps of ``batch_size · seq_len`` tokens), or neither
@@ -113,14 +113,3 @@ class TrainConfig:
         if self.tokens is not None:
             return math.ceil(self.tokens / (self.batch_size * self.seq_len))
         return DEFAULT_STEPS
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; fields are {sorted(known)}")
-        return cls(**d)
