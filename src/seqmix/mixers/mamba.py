@@ -44,7 +44,7 @@ class Mamba(Mixer):
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
                  expand: float = 2, d_state: int = 16, d_conv: int = 4, dt_rank: int | str = "auto",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64, bias: bool = False,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 16, bias: bool = False,
                  conv_bias: bool = True):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         if dt_rank == "auto":

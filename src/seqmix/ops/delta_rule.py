@@ -78,17 +78,17 @@ def _earlier(x: Tensor) -> Tensor:
 
 
 def _chunk_scores(q: Tensor, k: Tensor, a: Tensor, b: Tensor, G: Tensor | None):
-    """The four score matrices of a chunk, in one batched call of the GLA core's intra-chunk kernel:
+    """The four score matrices of a chunk, in one call of the GLA core's intra-chunk kernel:
 
         L_x[t, i] = Σ_d a_td x_id e^{E_td - G_id} (i < t),   Q_x[t, i] = Σ_d q_td x_id e^{G_td - G_id} (i ≤ t)
 
     for x = b, k. Since E_t = G_{t-1}, row t of L_x is row t-1 of the inclusive score of a moved one
-    position earlier against x: every score uses the one decay G (formed once, shared by all four), with
-    no exp(-g) factors.
+    position earlier against x: every score uses the one decay G, with no exp(-g) factors, so the two
+    queries (a moved earlier, q) and two keys (b, k) of each position are scored together.
     """
-    scores = gla.intra_chunk_scores(torch.stack([_earlier(a), _earlier(a), q, q]), torch.stack([b, k, b, k]), G)
-    L_b, L_k = (F.pad(m[..., :-1, :], (0, 0, 1, 0)) for m in scores[:2])
-    return L_b, L_k, scores[2], scores[3]
+    scores = gla.intra_chunk_scores(torch.stack([_earlier(a), q], dim=-2), torch.stack([b, k], dim=-2), G)
+    (L_b, L_k), (Q_b, Q_k) = (kind.unbind(-3) for kind in scores.unbind(-4))
+    return F.pad(L_b[..., :-1, :], (0, 0, 1, 0)), F.pad(L_k[..., :-1, :], (0, 0, 1, 0)), Q_b, Q_k
 
 
 def _diagonal_blocks(M: Tensor, s: int) -> Tensor:

@@ -77,22 +77,36 @@ def step(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, state
 
 
 def intra_chunk_scores(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
-    """A[t, s] = Σ_d q_td k_sd exp(b_td - b_sd) for s ≤ t, else 0, per chunk: q, k [.., C, D], b [.., C, G]
-    the cumulative log decay inside the chunk (G = 1 scalar, G = D per channel, None no decay)."""
+    """A[i, j, t, s] = Σ_d q_tid k_sjd exp(b_td - b_sd) for s ≤ t, else 0, per chunk.
+
+    q [.., C, X, D], k [.., C, Y, D]: X queries and Y keys per position sharing its decay (so one call
+    scores several kinds of query and key, as the delta rule needs); b [.., C, G] the cumulative log decay
+    inside the chunk (G = 1 scalar, G = D per channel, None no decay). Returns [.., X, Y, C, C].
+    """
     if b is None or b.shape[-1] == 1:
         return _intra_chunk_scalar(q, k, b)
     return _intra_chunk_channel(q, k, b)
 
 
 def _intra_chunk_scalar(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
-    """Scores inside chunks for scalar decay: A[t, s] = q_t·k_s · exp(b_t - b_s), s ≤ t. b: [.., C, 1]."""
-    C = q.shape[-2]
-    scores = q @ k.transpose(-1, -2)
+    """Scores inside chunks for scalar decay: A[i, j, t, s] = q_ti·k_sj · exp(b_t - b_s), s ≤ t. b: [.., C, 1]."""
+    C = q.shape[-3]
+    scores = q.movedim(-2, -3).unsqueeze(-3) @ k.movedim(-2, -3).transpose(-1, -2).unsqueeze(-4)
     causal = torch.tril(torch.ones(C, C, dtype=torch.bool, device=q.device))
     if b is None:
         return scores.masked_fill(~causal, 0)
     diff = (b - b.transpose(-1, -2)).to(q.dtype)  # b_t - b_s, formed in b's (higher) precision
-    return scores * diff.masked_fill(~causal, float("-inf")).exp()
+    return scores * diff.masked_fill(~causal, float("-inf")).exp()[..., None, None, :, :]
+
+
+def _late(z: Tensor, s: int, dim: int) -> Tensor:
+    """The later half of every 2s-block of positions along `dim` (negative): [.., C, ..] -> [.., C/2s, s, ..]."""
+    return z.unflatten(dim, (z.shape[dim] // (2 * s), 2, s)).select(dim - 1, 1)
+
+
+def _early(z: Tensor, s: int, dim: int) -> Tensor:
+    """The earlier half of every 2s-block of positions along `dim` (negative)."""
+    return z.unflatten(dim, (z.shape[dim] // (2 * s), 2, s)).select(dim - 1, 0)
 
 
 def level_blocks(A: Tensor, s: int) -> Tensor:
@@ -103,16 +117,17 @@ def level_blocks(A: Tensor, s: int) -> Tensor:
     return grid.diagonal(dim1=-4, dim2=-2)[..., s:, :s, :].movedim(-1, -3)
 
 
-def _halves(x: Tensor, y: Tensor, b: Tensor, s: int):
+def _decayed_halves(x: Tensor, y: Tensor, b: Tensor, s: int):
     """At level s: the later half of every 2s-block of x and the earlier half of y, each decayed to the
-    block's midpoint m (the earlier half's last position): x ⊙ exp(b - b_m), y ⊙ exp(b_m - b), and the two
-    factors. b is non-increasing, so both exponents are ≤ 0."""
-    shape = (x.shape[-2] // (2 * s), 2, s)
-    xh, yh, bh = (z.unflatten(-2, shape) for z in (x, y, b))
-    b_mid = bh[..., 0, -1:, :]
-    f_late = (bh[..., 1, :, :] - b_mid).to(x.dtype).exp()
-    f_early = (b_mid - bh[..., 0, :, :]).to(x.dtype).exp()
-    return xh[..., 1, :, :] * f_late, yh[..., 0, :, :] * f_early, f_late, f_early
+    block's midpoint m (the earlier half's last position), x ⊙ exp(b - b_m) and y ⊙ exp(b_m - b), as
+    [.., P, s·X, D] and [.., P, s·Y, D]; and the two factors [.., P, s, 1, D]. b is non-increasing, so both
+    exponents are ≤ 0."""
+    b_mid = _early(b, s, -2)[..., -1:, :]
+    f_late = (_late(b, s, -2) - b_mid).to(x.dtype).exp().unsqueeze(-2)
+    f_early = (b_mid - _early(b, s, -2)).to(x.dtype).exp().unsqueeze(-2)
+    x_late = (_late(x, s, -3) * f_late).flatten(-3, -2)
+    y_early = (_early(y, s, -3) * f_early).flatten(-3, -2)
+    return x_late, y_early, f_late, f_early
 
 
 def thin_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -126,35 +141,31 @@ def thin_matmul(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def _late(z: Tensor, s: int) -> Tensor:
-    return z.unflatten(-2, (z.shape[-2] // (2 * s), 2, s))[..., 1, :, :]
-
-
-def _early(z: Tensor, s: int) -> Tensor:
-    return z.unflatten(-2, (z.shape[-2] // (2 * s), 2, s))[..., 0, :, :]
-
-
 class _ChannelScores(torch.autograd.Function):
-    """A[t, s] = Σ_d x_td y_sd exp(b_td - b_sd) for s ≤ t, C a power of two, by recursive halving; x, y
-    [.., C, D] of one shape, b broadcastable to it.
+    """A[i, j, t, s] = Σ_d x_tid y_sjd exp(b_td - b_sd) for s ≤ t by recursive halving: x [.., C, X, D],
+    y [.., C, Y, D], b [.., C, D], C a power of two; A [.., X, Y, C, C].
 
     Every pair t > s is covered exactly once: at the level s' = the highest bit where t and s differ, t lies
     in the later and s in the earlier half of one 2s'-block, and the decay factorises through the block's
-    midpoint m: exp(b_t - b_m) · exp(b_m - b_s), both ≤ 1, so the block is one matmul. log2(C) levels of
-    half-sized element-wise work and matmuls; no [C, C, D] tensor. The backward runs the same levels
-    (the graph autograd would record, slices and selects of the inputs, costs more than the work), with
-    ∂A/∂b folded into db_t = x_t ⊙ dx_t - y_t ⊙ dy_t: the midpoint's factors cancel.
+    midpoint m: exp(b_t - b_m) · exp(b_m - b_s), both ≤ 1, so the block is one matmul (of all X·Y kinds at
+    once). log2(C) levels of half-sized element-wise work and matmuls; no [C, C, D] tensor. The backward
+    runs the same levels (the graph autograd would record, slices and selects of the inputs, costs more
+    than the work), with ∂A/∂b folded into db_t = Σ_i x_ti ⊙ dx_ti - Σ_j y_tj ⊙ dy_tj: the midpoint's
+    factors cancel.
     """
 
     @staticmethod
     def forward(ctx, x, y, b):
-        C = x.shape[-2]
-        A = x.new_zeros(*x.shape[:-1], C)
-        A.diagonal(dim1=-2, dim2=-1).copy_((x * y).sum(dim=-1))
+        *lead, C, X, _ = x.shape
+        Y = y.shape[-2]
+        A = x.new_zeros(*lead, X, Y, C, C)
+        A.diagonal(dim1=-2, dim2=-1).copy_((x @ y.transpose(-1, -2)).movedim(-3, -1))
         s = 1
         while s < C:
-            x_late, y_early, _, _ = _halves(x, y, b, s)
-            level_blocks(A, s).copy_(x_late @ y_early.transpose(-1, -2))
+            x_late, y_early, _, _ = _decayed_halves(x, y, b, s)
+            block = x_late @ y_early.transpose(-1, -2)  # [.., P, s·X, s·Y]
+            level_blocks(A, s).copy_(block.unflatten(-1, (s, Y)).unflatten(-3, (s, X)).permute(
+                *range(block.dim() - 3), -3, -1, -5, -4, -2))  # -> [.., X, Y, P, s, s]
             s *= 2
         ctx.save_for_backward(x, y, b)
         return A
@@ -163,28 +174,30 @@ class _ChannelScores(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dA):
         x, y, b = ctx.saved_tensors
-        C = x.shape[-2]
-        dA_diag = dA.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
-        dx, dy = dA_diag * y, dA_diag * x
+        C, X, Y = x.shape[-3], x.shape[-2], y.shape[-2]
+        dA_diag = dA.diagonal(dim1=-2, dim2=-1).movedim(-1, -3)  # [.., C, X, Y]
+        dx, dy = thin_matmul(dA_diag, y), thin_matmul(dA_diag.transpose(-1, -2), x)
+        n = dA.dim() - 4
         s = 1
         while s < C:
-            x_late, y_early, f_late, f_early = _halves(x, y, b, s)
-            dA_level = level_blocks(dA, s).contiguous()  # strided batches would make matmul loop
-            _late(dx, s).addcmul_(thin_matmul(dA_level, y_early), f_late)
-            _early(dy, s).addcmul_(thin_matmul(dA_level.transpose(-1, -2), x_late), f_early)
+            x_late, y_early, f_late, f_early = _decayed_halves(x, y, b, s)
+            dA_level = level_blocks(dA, s).permute(*range(n), n + 2, n + 3, n, n + 4, n + 1).flatten(-2, -1)
+            dA_level = dA_level.flatten(-3, -2)  # [.., P, s·X, s·Y], a copy
+            _late(dx, s, -3).addcmul_(thin_matmul(dA_level, y_early).unflatten(-2, (s, X)), f_late)
+            _early(dy, s, -3).addcmul_(thin_matmul(dA_level.transpose(-1, -2), x_late).unflatten(-2, (s, Y)),
+                                       f_early)
             s *= 2
-        db = (x * dx - y * dy).sum_to_size(b.shape).to(b.dtype)
+        db = ((x * dx).sum(-2) - (y * dy).sum(-2)).to(b.dtype)
         return dx, dy, db
 
 
 def _intra_chunk_channel(q: Tensor, k: Tensor, b: Tensor) -> Tensor:
-    """Scores inside chunks for per-channel decay: A[t, s] = Σ_d q_td k_sd exp(b_td - b_sd), s ≤ t, for a
-    chunk length C that is a power of two (see `chunk_length`). See `_ChannelScores`."""
-    C = q.shape[-2]
+    """Scores inside chunks for per-channel decay, for a chunk length C that is a power of two (see
+    `chunk_length`). See `_ChannelScores`."""
+    C = q.shape[-3]
     if C & (C - 1):
         raise ValueError(f"gated_linear_attention: per-channel scores need a power-of-two chunk, got {C}")
-    shape = torch.broadcast_shapes(q.shape, k.shape, b.shape)
-    return _ChannelScores.apply(q.expand(shape), k.expand(shape), b)  # b stays unexpanded: decays formed once
+    return _ChannelScores.apply(q, k, b)
 
 
 def chunk_length(T: int, chunk_size: int, power_of_two: bool) -> int:
@@ -226,7 +239,7 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, st
         q_in = q * b.to(q.dtype).exp()  # decay from chunk start to t
         k_out = k * (b_last - b).to(q.dtype).exp()  # decay from s to chunk end
         chunk_decay = b_last.squeeze(3).to(q.dtype).exp()  # [B, H, N, G]
-    out = intra_chunk_scores(q, k, b) @ v  # [B, H, N, C, Dv]
+    out = intra_chunk_scores(q[..., None, :], k[..., None, :], b)[..., 0, 0, :, :] @ v  # [B, H, N, C, Dv]
     updates = k_out.transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
     states = []
     for n in range(N):

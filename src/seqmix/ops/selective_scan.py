@@ -90,13 +90,15 @@ def step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | Non
     return _skip(y, x, D), h
 
 
-def _scan(a: Tensor, u: Tensor, out: Tensor) -> Tensor:
+def _scan(a: Tensor, u: Tensor, out: Tensor, work: Tensor) -> Tensor:
     """Write all states of h_t = a_t ⊙ h_{t-1} + u_t along dim 1, from h_{-1} = 0, into `out` (inclusive scan).
 
     Recursive pairing: the pair (2k, 2k+1) composes to one step with decay a_{2k+1} a_{2k} and input
     a_{2k+1} u_{2k} + u_{2k+1}; scanning the T/2 pairs gives the states at odd positions (written straight
     into the odd slots of `out`), and each even position is one step from the odd state before it.
-    O(T) work, log2(T) levels, any T, no concatenation. Used without autograd (see `_ChunkedScan`).
+    O(T) work, log2(T) levels, any T, no concatenation; `out` may be `u` itself (every slot is read before
+    it is written). The pairs of all levels live in `work` [2, B, ≥T, ..] (fresh allocations of this size
+    cost more than the arithmetic on CPU). Used without autograd (see `_ChunkedScan`).
     """
     T = u.shape[1]
     out[:, :1] = u[:, :1]
@@ -104,66 +106,115 @@ def _scan(a: Tensor, u: Tensor, out: Tensor) -> Tensor:
         return out
     even = T - T % 2  # an odd last element is stepped on at the end
     a_e, a_o = a[:, 0:even:2], a[:, 1:even:2]
-    h_o = _scan(a_o * a_e, torch.addcmul(u[:, 1:even:2], a_o, u[:, 0:even:2]), out[:, 1:even:2])
+    a2, u2 = work[:, :, :even // 2].unbind(0)
+    torch.mul(a_o, a_e, out=a2)
+    torch.addcmul(u[:, 1:even:2], a_o, u[:, 0:even:2], out=u2)
+    h_o = _scan(a2, u2, out[:, 1:even:2], work[:, :, even // 2:])
     torch.addcmul(u[:, 2:even:2], a_e[:, 1:], h_o[:, :-1], out=out[:, 2:even:2])
     if even < T:
         torch.addcmul(u[:, -1:], a[:, -1:], out[:, -2:-1], out=out[:, -1:])
     return out
 
 
-def _chunk_states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-    """Decays a [B, C, d, N] and states h [B, C, d, N] of one chunk starting from state h0."""
-    a = torch.exp(dt[..., None] * A)
-    u = (dt * x)[..., None] * B[:, :, None, :]
-    u[:, 0] += a[:, 0] * h0  # the initial state enters as part of the first input
-    return a, _scan(a, u, torch.empty_like(u))
+def _scan_reverse(a: Tensor, u: Tensor, out: Tensor, work: Tensor) -> Tensor:
+    """`_scan` run backwards in time: out_t = a_t ⊙ out_{t+1} + u_t from out_T = 0, without flipping.
+
+    The pairs are anchored at the end, (T-2-2k, T-1-2k), each composing to decay a_f a_s and input
+    u_f + a_f u_s (f, s its first and second position); an odd first element is stepped on at the end.
+    """
+    T = u.shape[1]
+    out[:, -1:] = u[:, -1:]
+    if T == 1:
+        return out
+    o = T % 2
+    a_f, a_s = a[:, o::2], a[:, o + 1::2]
+    a2, u2 = work[:, :, :T // 2].unbind(0)
+    torch.mul(a_f, a_s, out=a2)
+    torch.addcmul(u[:, o::2], a_f, u[:, o + 1::2], out=u2)
+    h_f = _scan_reverse(a2, u2, out[:, o::2], work[:, :, T // 2:])
+    torch.addcmul(u[:, o + 1:T - 1:2], a_s[:, :-1], h_f[:, 1:], out=out[:, o + 1:T - 1:2])
+    if o:
+        torch.addcmul(u[:, :1], a[:, :1], out[:, 1:2], out=out[:, :1])
+    return out
+
+
+def _chunk_states(dt: Tensor, dtx: Tensor, A: Tensor, B: Tensor, h0: Tensor, a: Tensor, h: Tensor,
+                  work: Tensor) -> None:
+    """Decays a = exp(Δ A) and states h [B, C, d, N] of one chunk from state h0, into the buffers a and h;
+    dtx = Δ ⊙ x."""
+    torch.mul(dt[..., None], A, out=a).exp_()
+    torch.mul(dtx[..., None], B[:, :, None, :], out=h)  # the inputs u, scanned in place
+    h[:, 0].addcmul_(a[:, 0], h0)  # the initial state enters as part of the first input
+    _scan(a, h, h, work)
 
 
 class _ChunkedScan(torch.autograd.Function):
-    """(x, dt, A, B, C, h0) -> (Σ_n C_t h_t, h_T), chunk by chunk, with a recomputing backward."""
+    """(x, dt, A, B, C, h0) -> (Σ_n C_t h_t, h_T), chunk by chunk, with a recomputing backward.
+
+    The [B, C, d, N] work tensors are allocated once and reused by every chunk; per-token work on [B, T, ·]
+    tensors is done once for the whole sequence, outside the loop over chunks.
+    """
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, h0, chunk_size):
-        ys, starts, h = [], [], h0
-        for c0 in range(0, x.shape[1], chunk_size):
+        Bsz, T, d = x.shape
+        a, h = (x.new_empty(Bsz, min(chunk_size, T), d, A.shape[1]) for _ in range(2))
+        work = x.new_empty(2, *a.shape)
+        dtx = dt * x
+        y = x.new_empty(Bsz, T, d)
+        starts, state = [], h0
+        for c0 in range(0, T, chunk_size):
             c = slice(c0, c0 + chunk_size)
-            starts.append(h)
-            _, hs = _chunk_states(x[:, c], dt[:, c], A, B[:, c], h)
-            ys.append(torch.einsum("bcdn,bcn->bcd", hs, C[:, c]))
-            h = hs[:, -1]
+            n = min(chunk_size, T - c0)
+            starts.append(state)
+            _chunk_states(dt[:, c], dtx[:, c], A, B[:, c], state, a[:, :n], h[:, :n], work)
+            y[:, c] = (C[:, c, None, :] @ h[:, :n].transpose(-1, -2)).squeeze(-2)  # [1,N]@[N,d]: fast GEMM shape
+            state = h[:, n - 1].clone()
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(x, dt, A, B, C, torch.stack(starts))
-        return torch.cat(ys, dim=1), h
+        return y, state
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, g_last):
+        """Per chunk, backwards: with λ_t = dLoss/dh_t and μ_t = a_t λ_t = dLoss/dh_{t-1} through step t,
+
+            μ_t = a_t ⊙ (μ_{t+1} + C_t gy_t)   (a reverse scan; μ_end = dLoss/d(chunk's last state))
+            λ_t = C_t gy_t + μ_{t+1},   dLoss/d(Δ_t A) = μ_t ⊙ h_{t-1},   dLoss/du_t = λ_t
+
+        and μ at the chunk's first token is dLoss/d(its initial state), the previous chunk's μ_end.
+        """
         x, dt, A, B, C, starts = ctx.saved_tensors
         Q = ctx.chunk_size
-        gx, gdt, gB, gC = (torch.empty_like(t) for t in (x, dt, B, C))
-        gA = torch.zeros_like(A)
+        Bsz, T, d = x.shape
         g_next = torch.zeros_like(starts[0]) if g_last is None else g_last  # dLoss/d(state at chunk end)
         if gy is None:
             gy = torch.zeros_like(x)
+        dtx = dt * x
+        lam_B, gdt_A, gB, gC = x.new_empty(Bsz, T, d), x.new_empty(Bsz, T, d), torch.empty_like(B), torch.empty_like(C)
+        gA = torch.zeros_like(A)
+        a, h, lam, mu = (x.new_empty(Bsz, min(Q, T), d, A.shape[1]) for _ in range(4))
+        work = x.new_empty(2, *a.shape)
         for i in reversed(range(len(starts))):
             c = slice(i * Q, (i + 1) * Q)
-            xc, dtc, Bc, Cc, gyc = x[:, c], dt[:, c], B[:, c], C[:, c], gy[:, c]
-            a, hs = _chunk_states(xc, dtc, A, Bc, starts[i])
-            # adjoint recurrence, run backwards: λ_t = C_t gy_t + a_{t+1} λ_{t+1}, λ_end += g_next
-            r = gyc[..., None] * Cc[:, :, None, :]
-            r[:, -1] += g_next
-            a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1)
-            lam = _scan(a_next.flip(1), r.flip(1), torch.empty_like(r)).flip(1)  # dLoss/dh_t, also dLoss/du_t
-            h_prev = torch.cat([starts[i][:, None], hs[:, :-1]], dim=1)
-            g_log = lam * h_prev * a  # dLoss/d(Δ_t A), since a_t = exp(Δ_t A)
-            lam_B = torch.einsum("bcdn,bcn->bcd", lam, Bc)
-            gx[:, c] = dtc * lam_B
-            gdt[:, c] = xc * lam_B + torch.einsum("bcdn,dn->bcd", g_log, A)
-            gA += torch.einsum("bcdn,bcd->dn", g_log, dtc)
-            gB[:, c] = torch.einsum("bcdn,bcd->bcn", lam, dtc * xc)
-            gC[:, c] = torch.einsum("bcd,bcdn->bcn", gyc, hs)
-            g_next = a[:, 0] * lam[:, 0]
-        return gx, gdt, gA, gB, gC, g_next, None
+            n = min(Q, T - i * Q)
+            a_, h_, lam_, mu_ = a[:, :n], h[:, :n], lam[:, :n], mu[:, :n]
+            _chunk_states(dt[:, c], dtx[:, c], A, B[:, c], starts[i], a_, h_, work)
+            torch.mul(gy[:, c, :, None], C[:, c, None, :], out=lam_)  # direct dLoss/dh_t
+            torch.mul(a_, lam_, out=mu_)
+            mu_[:, -1].addcmul_(a_[:, -1], g_next)
+            _scan_reverse(a_, mu_, mu_, work)
+            lam_[:, :-1] += mu_[:, 1:]
+            lam_[:, -1] += g_next
+            g_next = mu_[:, 0].clone()
+            mu_[:, 1:] *= h_[:, :-1]  # μ becomes dLoss/d(Δ_t A)
+            mu_[:, 0] *= starts[i]
+            lam_B[:, c] = (B[:, c, None, :] @ lam_.transpose(-1, -2)).squeeze(-2)
+            gdt_A[:, c] = (mu_ * A).sum(-1)
+            gA += (mu_ * dt[:, c, :, None]).sum((0, 1))
+            gB[:, c] = (dtx[:, c, None, :] @ lam_).squeeze(-2)
+            gC[:, c] = (gy[:, c, None, :] @ h_).squeeze(-2)
+        return dt * lam_B, torch.addcmul(gdt_A, x, lam_B), gA, gB, gC, g_next, None
 
 
 def chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

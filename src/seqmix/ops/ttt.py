@@ -232,11 +232,9 @@ def step(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_
     target, weight_sq = _loss(k, v, ln_weight, ln_bias, ln_residual)
     acts, grads = _inner_grads(Ws, _aug(k), target, weight_sq)
     eta = eta[..., None]
-    if Ss is None:  # outer products η_i A_iᵀ G_i, added to the running sums
-        grad_sums = [a.transpose(-1, -2) @ (eta * G) for a, G in zip(acts, grads)]
-    else:
-        grad_sums = [torch.baddbmm(S.flatten(0, 1), a.transpose(-1, -2).flatten(0, 1), (eta * G).flatten(0, 1))
-                     .view(S.shape) for S, a, G in zip(Ss, acts, grads)]
+    grad_sums = [a.transpose(-1, -2) @ (eta * G) for a, G in zip(acts, grads)]  # outer products η_i A_iᵀ G_i
+    if Ss is not None:
+        grad_sums = [S + g for S, g in zip(Ss, grad_sums)]
     W_now = [W - tau[r] * S for W, S in zip(Ws, grad_sums)]
     a = _aug(q)
     for l, W in enumerate(W_now):

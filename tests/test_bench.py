@@ -1,0 +1,42 @@
+"""`seqmix bench` wiring at tiny sizes: the suites run, the TTT forms agree, the crossover is read correctly.
+Speed itself is not tested (benchmarks are not timed tests); see DESIGN §5."""
+import argparse
+import json
+
+import pytest
+
+from seqmix.bench import cli
+from seqmix.bench.harness import measure_roofline
+from seqmix.bench.suites import ttt_forms_suite
+
+
+def test_faster_from_needs_every_longer_length_to_win():
+    rows = [{"mixer": m, "L": L, "us_per_token": t} for m, L, t in [
+        ("attention", 1, 1.0), ("attention", 2, 2.0), ("attention", 4, 4.0), ("attention", 8, 8.0),
+        ("ttt_linear", 1, 2.0), ("ttt_linear", 2, 1.5), ("ttt_linear", 4, 5.0), ("ttt_linear", 8, 3.0),
+        ("gla", 1, 9.0), ("gla", 2, 9.0), ("gla", 4, 9.0), ("gla", 8, 9.0)]]
+    assert cli.faster_from(rows, "ttt_linear") == 8  # wins at 2, loses at 4, wins from 8 on
+    assert cli.faster_from(rows, "gla") is None
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp"])
+def test_ttt_forms_suite_times_three_agreeing_forms(mixer):
+    rows = ttt_forms_suite(mixer, 19, 16, 2, {"mini_batch_size": 4}, rounds=1, min_time=0.0)
+    assert [r["form"] for r in rows] == ["dual (chunked)", "primal (materialised)", "primal (step loop)"]
+    assert rows[0]["vs_dual"] == 1.0 and all(r["seconds"] > 0 and r["L"] == 19 for r in rows)
+
+
+def test_bench_cli_ttt_suite_writes_all_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "measure_roofline", lambda: measure_roofline(n=64, copy_mib=1, min_time=0.01))
+    out = tmp_path / "bench.json"
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    args = parser.parse_args(["--suite", "ttt", "--lengths", "16,32", "--contexts", "8", "--d-model", "16",
+                              "--n-heads", "2", "--rounds", "1", "--min-time", "0", "--ttt-length", "16",
+                              "--mixer-options", '{"ttt_linear": {"mini_batch_size": 4}}', "--out", str(out)])
+    assert cli.run(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["suite"] for r in rows} == {"ttt_forms", "forward", "decode"}
+    assert {r["mixer"] for r in rows if r["suite"] == "forward"} == {"ttt_linear", "ttt_mlp", "attention"}
+    printed = capsys.readouterr().out
+    assert "faster than attention from" in printed and "primal (step loop)" in printed
