@@ -140,6 +140,11 @@ def run(args) -> int:
             "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "archs": [a.name for a in archs], "widths": plan.widths,
             "wall_seconds_this_run": time.perf_counter() - started}
-    report = render(out, collect(plan, meta))
+    results = collect(plan, meta)
+    report = render(out, results)
+    if results["lm"]:
+        print("\nvalidation bits per byte (held-out works):")
+        for r in sorted(results["lm"], key=lambda r: r["val_bpb"]):
+            print(f"  {r['arch']:18s} {r['val_bpb']:.3f}   ({r['params']:,} parameters)")
     print(f"arena: report written to {report}")
     return 0
