@@ -83,7 +83,7 @@ PRESETS = {
         LMSettings(target_params=200_000, n_layers=2, n_heads=4, seq_len=128, batch_size=16,
                    train_tokens=16 * 128 * 150, lr=3e-3, eval_len=1024, eval_windows=8),
         RecallSettings(widths=(32, 64), archs=RECALL_ARCHS, n_layers=2, vocab_size=128, seq_len=64,
-                       num_kv_pairs=4, train_examples=4000, test_examples=500, epochs=6, batch_size=64, lr=3e-3),
+                       num_kv_pairs=4, train_examples=4000, test_examples=500, epochs=4, batch_size=64, lr=3e-3),
         SpeedSettings(lengths=(512, 2048, 8192, 32768), train_batch=8, train_seq_len=256, max_seconds=8.0,
                       min_time=0.1),
         TTTAblation(mini_batch_sizes=(1, 4, 16, 64, "T"), backbones=("mamba", "transformer"),
