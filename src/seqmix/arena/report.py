@@ -58,6 +58,9 @@ def render(out: Path, results: dict) -> Path:
           f"Every number below is in `results.json` beside this file; `seqmix arena --report-only --out "
           f"{meta['out']}` re-renders it from the cache.", ""]
 
+    compute = sum(c.get("cell_seconds", 0.0) for k in ("lm", "recall", "speed", "ttt") for c in results[k])
+    md += [f"The {sum(len(results[k]) for k in ('lm', 'recall', 'speed', 'ttt'))} cells took "
+           f"{compute / 60:.1f} minutes of compute in all (the time a run from an empty cache takes).", ""]
     md += ["## Setup", "", f"Byte-level models on the vendored Shakespeare corpus (train/validation/test split by "
            f"work). Same recipe and token budget for every entrant: {meta['lm']['n_layers']} layers, "
            f"{meta['lm']['train_tokens']:,} training tokens at context {meta['lm']['seq_len']}, widths chosen to "
