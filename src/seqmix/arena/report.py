@@ -31,6 +31,8 @@ def _table(header: list[str], rows: list[list]) -> str:
 def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tuple[list, list]],
           logx: bool = False, logy: bool = False) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if len(series) > 10:  # the default cycle repeats after 10 colours
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors[:len(series)])
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, markersize=3, label=name, linewidth=1.4)
     ax.set_title(title)

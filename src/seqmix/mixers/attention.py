@@ -40,7 +40,12 @@ class Attention(Mixer):
             positions = torch.arange(T, device=x.device) + start
             q, k = apply_rope(torch.stack([q, k]), positions, self.rope_theta).unbind()  # one call for both
         if state is None:
-            o, _ = op.parallel(q, k, v, window=self.window)
+            # full causal: one SDPA call; a window: query blocks against a rolling cache, so memory is
+            # O(chunk · (chunk + window)) rather than a T × T mask
+            if self.window is None:
+                o, _ = op.parallel(q, k, v)
+            else:
+                o, _ = op.chunked(q, k, v, window=self.window, chunk_size=self.chunk_size)
             return self.out(merge_heads(o)), None
         cache = (state["k"], state["v"])
         if T == 1:
