@@ -23,7 +23,7 @@ class GatedLinearAttention(Mixer):
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
                  decay: str = "channel", expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank: int = 16,
                  gate_logit_normalizer: float = 16.0, short_conv: bool = False, conv_size: int = 4,
-                 chunk_size: int = 64):
+                 chunk_size: int = 32):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         choose(decay, "gla option decay", ("channel", "scalar"))
         self.dk, self.dv = int(self.head_dim * expand_k), int(self.head_dim * expand_v)

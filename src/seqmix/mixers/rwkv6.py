@@ -43,7 +43,7 @@ class RWKV6(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, head_size: int = 64,
-                 mix_rank: int = 32, decay_rank: int = 64, chunk_size: int = 64):
+                 mix_rank: int = 32, decay_rank: int = 64, chunk_size: int = 32):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size, "rwkv6")
         for value, option in ((mix_rank, "mix_rank"), (decay_rank, "decay_rank"), (chunk_size, "chunk_size")):

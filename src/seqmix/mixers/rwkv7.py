@@ -52,7 +52,7 @@ class RWKV7(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, head_size: int = 64,
-                 chunk_size: int = 16):
+                 chunk_size: int = 32):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size, "rwkv7")
         _positive_int(chunk_size, "rwkv7 option chunk_size")

@@ -21,9 +21,10 @@ Forms:
   O(T²·Dk) memory): exact and obviously right, for tests only.
 * ``chunked`` — the WY/UT chunkwise algorithm (Yang et al. 2024, "Parallelizing Linear Transformers with
   the Delta Rule over Sequence Length", §3). Inside a chunk the state read u_t = S_{t-1}ᵀ a_t obeys a unit
-  lower-triangular system (I - L) U = A S_0 + L_k V, solved once per chunk; everything else is matmuls with
-  decays applied as exp of non-positive log-space sums (the GLA core's intra-chunk scores); a loop runs
-  over chunks only.
+  lower-triangular system (I - L) U = A S_0 + L_k V, solved once per chunk (by a batched recursive-doubling
+  inverse); everything else is matmuls with decays applied as exp of non-positive log-space sums (the GLA
+  core's intra-chunk scores, all four score matrices of a chunk in one call); a loop runs over chunks only.
+  Chunks are a power of two long (both block algorithms halve them).
 * ``step`` — one token.
 """
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _chunk_scores(q: Tensor, k: Tensor, a: Tensor, b: Tensor, G: Tensor | None):
     position earlier against x: every score uses the one decay G, with no exp(-g) factors, so the two
     queries (a moved earlier, q) and two keys (b, k) of each position are scored together.
     """
-    scores = gla.intra_chunk_scores(torch.stack([_earlier(a), q], dim=-2), torch.stack([b, k], dim=-2), G)
+    scores = gla.grouped_intra_chunk_scores(torch.stack([_earlier(a), q], dim=-2), torch.stack([b, k], dim=-2), G)
     (L_b, L_k), (Q_b, Q_k) = (kind.unbind(-3) for kind in scores.unbind(-4))
     return F.pad(L_b[..., :-1, :], (0, 0, 1, 0)), F.pad(L_k[..., :-1, :], (0, 0, 1, 0)), Q_b, Q_k
 
@@ -130,7 +131,7 @@ class _UnitLowerSolve(torch.autograd.Function):
 
 
 def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | None = None,
-            state: Tensor | None = None, scale: float = 1.0, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+            state: Tensor | None = None, scale: float = 1.0, chunk_size: int = 32) -> tuple[Tensor, Tensor]:
     """WY/UT chunkwise form. Within a chunk (G the inclusive, E the exclusive cumulative log decay):
 
         u_t = S_{t-1}ᵀ a_t = (a_t ⊙ e^{E_t})ᵀ S_0 + Σ_{i<t} L_b[t,i] u_i + L_k[t,i] v_i
@@ -168,11 +169,11 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor
     b_end_t = b_end.transpose(-1, -2)
     transition = b_end_t @ W  # low-rank part of the chunk's transition, [B, H, N, Dk, Dk]
     inputs = b_end_t @ U_local + k_end.transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
+    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)  # unbind: see gla.chunked
     starts = []
-    for n in range(N):
+    for decay, trans, inp in zip(decays, transition.unbind(2), inputs.unbind(2)):
         starts.append(S)
-        decayed = S if chunk_decay is None else chunk_decay[:, :, n] * S
-        S = decayed + transition[:, :, n] @ S + inputs[:, :, n]
+        S = (S if decay is None else decay * S) + trans @ S + inp
     out = out + q_state @ torch.stack(starts, dim=2)
     return out.reshape(B, H, N * C, Dv)[:, :, :T], S
 

@@ -10,6 +10,10 @@ Shapes: q, k ``[B, H, T, Dk]``, v ``[B, H, T, Dv]``, state S ``[B, H, Dk, Dv]``.
 
 Numerics: decays are only ever applied as exp of a *non-positive* log-space sum
 (b_t - b_s with s ≤ t, where b is a cumulative sum of g ≤ 0), so nothing overflows at any length.
+
+Per-channel decay inside a chunk has no single-matmul form (the decay depends on t, s and the channel);
+`_ChannelScores` covers the chunk's pairs by recursive halving, each level a batched matmul whose decay
+factorises through the midpoint of a block, so no [C, C, Dk] tensor is ever formed.
 """
 from __future__ import annotations
 
@@ -77,26 +81,32 @@ def step(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, state
 
 
 def intra_chunk_scores(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
-    """A[i, j, t, s] = Σ_d q_tid k_sjd exp(b_td - b_sd) for s ≤ t, else 0, per chunk.
-
-    q [.., C, X, D], k [.., C, Y, D]: X queries and Y keys per position sharing its decay (so one call
-    scores several kinds of query and key, as the delta rule needs); b [.., C, G] the cumulative log decay
-    inside the chunk (G = 1 scalar, G = D per channel, None no decay). Returns [.., X, Y, C, C].
-    """
+    """A[t, s] = Σ_d q_td k_sd exp(b_td - b_sd) for s ≤ t, else 0, per chunk: q, k [.., C, D], b [.., C, G]
+    the cumulative log decay inside the chunk (G = 1 scalar, G = D per channel, None no decay)."""
     if b is None or b.shape[-1] == 1:
         return _intra_chunk_scalar(q, k, b)
+    return _intra_chunk_channel(q[..., None, :], k[..., None, :], b)[..., 0, 0, :, :]
+
+
+def grouped_intra_chunk_scores(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
+    """`intra_chunk_scores` of X queries and Y keys per position that share its decay, in one call (as the
+    delta rule needs): q [.., C, X, D], k [.., C, Y, D] -> A [.., X, Y, C, C] with
+    A[i, j, t, s] = Σ_d q_tid k_sjd exp(b_td - b_sd) for s ≤ t."""
+    if b is None or b.shape[-1] == 1:
+        return _intra_chunk_scalar(q.movedim(-2, -3).unsqueeze(-3), k.movedim(-2, -3).unsqueeze(-4),
+                                   None if b is None else b[..., None, None, :, :])
     return _intra_chunk_channel(q, k, b)
 
 
 def _intra_chunk_scalar(q: Tensor, k: Tensor, b: Tensor | None) -> Tensor:
-    """Scores inside chunks for scalar decay: A[i, j, t, s] = q_ti·k_sj · exp(b_t - b_s), s ≤ t. b: [.., C, 1]."""
-    C = q.shape[-3]
-    scores = q.movedim(-2, -3).unsqueeze(-3) @ k.movedim(-2, -3).transpose(-1, -2).unsqueeze(-4)
+    """Scores inside chunks for scalar decay: A[t, s] = q_t·k_s · exp(b_t - b_s), s ≤ t. b: [.., C, 1]."""
+    C = q.shape[-2]
+    scores = q @ k.transpose(-1, -2)
     causal = torch.tril(torch.ones(C, C, dtype=torch.bool, device=q.device))
     if b is None:
         return scores.masked_fill(~causal, 0)
     diff = (b - b.transpose(-1, -2)).to(q.dtype)  # b_t - b_s, formed in b's (higher) precision
-    return scores * diff.masked_fill(~causal, float("-inf")).exp()[..., None, None, :, :]
+    return scores * diff.masked_fill(~causal, float("-inf")).exp()
 
 
 def _late(z: Tensor, s: int, dim: int) -> Tensor:
@@ -192,8 +202,8 @@ class _ChannelScores(torch.autograd.Function):
 
 
 def _intra_chunk_channel(q: Tensor, k: Tensor, b: Tensor) -> Tensor:
-    """Scores inside chunks for per-channel decay, for a chunk length C that is a power of two (see
-    `chunk_length`). See `_ChannelScores`."""
+    """Grouped scores inside chunks for per-channel decay (q [.., C, X, D], k [.., C, Y, D] -> [.., X, Y, C, C]),
+    for a chunk length C that is a power of two (see `chunk_length`). See `_ChannelScores`."""
     C = q.shape[-3]
     if C & (C - 1):
         raise ValueError(f"gated_linear_attention: per-channel scores need a power-of-two chunk, got {C}")
@@ -239,12 +249,15 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, st
         q_in = q * b.to(q.dtype).exp()  # decay from chunk start to t
         k_out = k * (b_last - b).to(q.dtype).exp()  # decay from s to chunk end
         chunk_decay = b_last.squeeze(3).to(q.dtype).exp()  # [B, H, N, G]
-    out = intra_chunk_scores(q[..., None, :], k[..., None, :], b)[..., 0, 0, :, :] @ v  # [B, H, N, C, Dv]
+    out = intra_chunk_scores(q, k, b) @ v  # [B, H, N, C, Dv]
     updates = k_out.transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
+    # per-chunk slices by unbind, not indexing: its backward is one stack instead of a zero-filled
+    # full-size gradient per chunk (O(N²) memory traffic)
+    decays = [None] * N if chunk_decay is None else chunk_decay.unsqueeze(-1).unbind(2)
     states = []
-    for n in range(N):
+    for decay, update in zip(decays, updates.unbind(2)):
         states.append(S)
-        S = (S if chunk_decay is None else chunk_decay[:, :, n, :, None] * S) + updates[:, :, n]
+        S = (S if decay is None else decay * S) + update
     out = out + q_in @ torch.stack(states, dim=2)
     out = out.reshape(B, H, N * C, Dv)[:, :, :T]
     return out, S

@@ -112,12 +112,13 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, state
     F_chunk = log_f.sum(dim=-1)  # [B, H, N]
     C, n, m = state
     starts = []
-    for c in range(N):
+    # per-chunk slices by unbind: its backward is one stack, not a zero-filled full gradient per chunk
+    for F_c, C_c, n_c, m_c in zip(*(t.unbind(2) for t in (F_chunk, C_loc, n_loc, m_loc))):
         starts.append((C, n, m))
-        m_new = torch.maximum(F_chunk[:, :, c] + m, m_loc[:, :, c])
-        w_old, w_loc = (F_chunk[:, :, c] + m - m_new).exp(), (m_loc[:, :, c] - m_new).exp()
-        C = w_old[..., None, None] * C + w_loc[..., None, None] * C_loc[:, :, c]
-        n = w_old[..., None] * n + w_loc[..., None] * n_loc[:, :, c]
+        m_new = torch.maximum(F_c + m, m_c)
+        w_old, w_loc = (F_c + m - m_new).exp(), (m_c - m_new).exp()
+        C = w_old[..., None, None] * C + w_loc[..., None, None] * C_c
+        n = w_old[..., None] * n + w_loc[..., None] * n_c
         m = m_new
     start = tuple(torch.stack(s, dim=2) for s in zip(*starts))
     out = _outputs(q, k, v, log_i, log_f, start, eps)

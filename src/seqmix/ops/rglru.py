@@ -83,8 +83,9 @@ def chunked(x: Tensor, log_a: Tensor, state: Tensor | None = None, chunk_size: i
     chunk_decay = cum[:, :, -1].exp()  # [B, N, D]
     h = x.new_zeros(B, D) if state is None else state
     starts = []
-    for n in range(N):
+    # per-chunk slices by unbind: its backward is one stack, not a zero-filled full gradient per chunk
+    for decay, last in zip(chunk_decay.unbind(1), local[:, :, -1].unbind(1)):
         starts.append(h)
-        h = chunk_decay[:, n] * h + local[:, n, -1]
+        h = decay * h + last
     out = local + cum.exp() * torch.stack(starts, dim=1)[:, :, None]
     return out.reshape(B, N * C, D)[:, :T], h

@@ -218,7 +218,7 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-            state: Tensor | None = None, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+            state: Tensor | None = None, chunk_size: int = 16) -> tuple[Tensor, Tensor]:
     """Chunked scan (see the module docstring): any T, states of one chunk at a time, O(T·d·N) work."""
     _check(x, dt, A, B, C, time_axis=True)
     if chunk_size < 1:

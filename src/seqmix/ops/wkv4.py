@@ -102,12 +102,13 @@ def chunked(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: State | None = No
         a_loc, b_loc, p_loc = _end_state(kc, vc, wc, empty)  # chunk-local end states [B, H, N, D]
         starts = []
         a, b, p = state
-        for n in range(N):
+        # per-chunk slices by unbind: its backward is one stack, not a zero-filled full gradient per chunk
+        for a_c, b_c, p_c in zip(a_loc.unbind(2), b_loc.unbind(2), p_loc.unbind(2)):
             starts.append((a, b, p))
-            p_new = torch.maximum(p - C * w, p_loc[:, :, n])
-            e_old, e_loc = (p - C * w - p_new).exp(), (p_loc[:, :, n] - p_new).exp()
-            a = e_old * a + e_loc * a_loc[:, :, n]
-            b = e_old * b + e_loc * b_loc[:, :, n]
+            p_new = torch.maximum(p - C * w, p_c)
+            e_old, e_loc = (p - C * w - p_new).exp(), (p_c - p_new).exp()
+            a = e_old * a + e_loc * a_c
+            b = e_old * b + e_loc * b_c
             p = p_new
         state = (a, b, p)
         start = tuple(torch.stack(s, dim=2) for s in zip(*starts))

@@ -250,7 +250,9 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
         if checkpoints is None:
             return None
         directory = step_dir(checkpoints, step)
-        if not directory.exists():
+        # decided collectively: every rank must take part in _save (its barriers and gathers) or none; a rank
+        # that looked after rank 0 had already written the directory would otherwise skip it and hang the rest
+        if not ranks.max(float(directory.exists())):
             meta = {"step": step, "tokens": tokens, "elapsed_s": elapsed, "data": sampler.state_dict(),
                     "val_bpb": val_bpb, "parameters": model.num_parameters()}
             _save(directory, config, ranks, model, wrapped, optimizer, meta)
