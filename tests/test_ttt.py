@@ -107,6 +107,18 @@ def test_gelu_tanh_grad_matches_autograd():
     assert_close(ttt.gelu_tanh_grad(x.detach()), expected, atol=1e-12)
 
 
+def test_fused_kernels_equal_the_closed_forms():
+    """The dual and step forms take the loss gradient and GELU′ from ATen's layer-norm and GELU backward
+    kernels; the parallel form (the oracle) from the closed forms tested above. Both must agree."""
+    torch.manual_seed(2)
+    z, c = torch.randn(3, 5, 7, dtype=F64), torch.randn(3, 5, 7, dtype=F64)
+    weight_sq = (1 + 0.5 * torch.randn(3, 1, 7, dtype=F64)) ** 2
+    assert_close(ttt._ln_l2_grad_fused(z, c, weight_sq), ttt._ln_l2_bwd_folded(z, c, weight_sq), atol=1e-12)
+    x, upstream = torch.linspace(-6, 6, 1001, dtype=F64), torch.randn(1001, dtype=F64)
+    assert_close(torch.ops.aten.gelu_backward(upstream, x, approximate="tanh"), upstream * ttt.gelu_tanh_grad(x),
+                 atol=1e-12)
+
+
 @pytest.mark.parametrize("hidden", [0, 16], ids=["linear", "mlp"])
 @pytest.mark.parametrize("T", [24, 21, 1], ids=["T=3b", "T=21", "T=1"])
 def test_dual_primal_parallel_equal_per_token_reference(hidden, T):

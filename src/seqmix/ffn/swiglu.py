@@ -18,5 +18,5 @@ class SwiGLU(FFN):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x, state=None):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up), state
+        gate, up = self.gate_up.weight.chunk(2)  # two products: one twice as wide runs below BLAS peak on CPU
+        return self.down(F.silu(F.linear(x, gate)) * F.linear(x, up)), state

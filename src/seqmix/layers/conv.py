@@ -26,15 +26,22 @@ class ShortConv(nn.Module):
 
     def forward(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (y, new_tail). tail None means zeros (start of a sequence)."""
+        window = self.window(x, tail)
+        return self.over_window(window, x.shape[1]), window[:, x.shape[1]:]
+
+    def window(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
+        """[tail, x] [B, K-1+T, C]: what the outputs for x see. Convolutions of one input share it."""
         if tail is None:
             tail = self.init_state(x.shape[0]).to(x.dtype)
-        T = x.shape[1]
-        xt = torch.cat([tail, x], dim=1)  # [B, K-1+T, C]
+        return torch.cat([tail, x], dim=1)
+
+    def over_window(self, window: torch.Tensor, T: int) -> torch.Tensor:
+        """y [B, T, C] from `window` (the last T positions are the outputs')."""
         w, bias = self.conv.weight[:, 0].t(), self.conv.bias  # w [K, C]
         if T == 1:  # decoding: one multiply-and-sum over the window
-            y = (xt * w).sum(1, keepdim=True)
-            return (y if bias is None else y + bias), xt[:, 1:]
-        y = xt[:, :T] * w[0] if bias is None else torch.addcmul(bias, xt[:, :T], w[0])
+            y = (window * w).sum(1, keepdim=True)
+            return y if bias is None else y + bias
+        y = window[:, :T] * w[0] if bias is None else torch.addcmul(bias, window[:, :T], w[0])
         for j in range(1, self.kernel_size):
-            y = torch.addcmul(y, xt[:, j:j + T], w[j])
-        return y, xt[:, T:]
+            y = torch.addcmul(y, window[:, j:j + T], w[j])
+        return y

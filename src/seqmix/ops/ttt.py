@@ -109,22 +109,41 @@ def _loss(k: Tensor, v: Tensor, ln_weight: Tensor, ln_bias: Tensor, ln_residual:
     return ln_weight[:, None] * (ln_bias[:, None] - (v - k)), (ln_weight * ln_weight)[:, None]
 
 
-def _inner_grads(Ws, keys: Tensor, target: Tensor, weight_sq: Tensor | None,
-                 z1: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+def _ln_l2_grad_fused(z: Tensor, c: Tensor, weight_sq: Tensor) -> Tensor:
+    """`_ln_l2_bwd_folded` in three ATen kernels: layer norm (x̂, μ, 1/σ), ĝ = γ² ⊙ x̂ + c, and layer norm's
+    own backward of ĝ, which is exactly (ĝ − mean ĝ − x̂ · mean(ĝ ⊙ x̂)) / σ. Differentiable once more (layer
+    norm's double backward), which is what training through the inner loop needs."""
+    shape = z.shape[-1:]
+    xhat, mean, rstd = torch.native_layer_norm(z, shape, None, None, LN_EPS)
+    return torch.ops.aten.native_layer_norm_backward(torch.addcmul(c, xhat, weight_sq), z, shape, mean, rstd,
+                                                     None, None, [True, False, False])[0]
+
+
+def _inner_grads(Ws, keys: Tensor, target: Tensor, weight_sq: Tensor | None, z1: Tensor | None = None,
+                 fused: bool = True) -> tuple[list[Tensor], list[Tensor]]:
     """Run the (augmented) keys through the inner model at the anchor and back-propagate the loss.
 
     `target`, `weight_sq` as made by `_loss`; `z1` = keys @ Ws[0] when already computed. Returns per layer l
     its augmented inputs A_l [.., m, d_in+1] and G_l = ∂ℓ_j/∂z_l [.., m, d_out] (row j = token j), so that
     ∇_{W_l} ℓ_j = A_l[j]ᵀ G_l[j].
+    ``fused``: ATen's layer-norm and GELU backward kernels (the dual and step forms, a few kernels per
+    mini-batch); False: the closed forms written out above (the parallel form, the oracle).
     """
     acts, zs = [keys], [keys @ Ws[0] if z1 is None else z1]
     for W in Ws[1:]:
         acts.append(_aug(gelu_tanh(zs[-1])))
         zs.append(acts[-1] @ W)
-    G = zs[-1] - target if weight_sq is None else _ln_l2_bwd_folded(zs[-1], target, weight_sq)
+    if weight_sq is None:
+        G = zs[-1] - target
+    else:
+        G = (_ln_l2_grad_fused if fused else _ln_l2_bwd_folded)(zs[-1], target, weight_sq)
     grads = [G]
     for l in range(len(Ws) - 1, 0, -1):
-        G = (G @ Ws[l][..., :-1, :].transpose(-1, -2)) * gelu_tanh_grad(zs[l - 1])
+        G = G @ Ws[l][..., :-1, :].mT
+        if fused:
+            G = torch.ops.aten.gelu_backward(G, zs[l - 1], approximate="tanh")
+        else:
+            G = G * gelu_tanh_grad(zs[l - 1])
         grads.insert(0, G)
     return acts, grads
 
@@ -198,7 +217,7 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights,
     while t < T:
         m = min(b - r, T - t)  # tokens left in this mini-batch
         seg = slice(t, t + m)
-        acts, grads = _inner_grads(Ws, _aug(k[:, :, seg]), target[:, :, seg], weight_sq)
+        acts, grads = _inner_grads(Ws, _aug(k[:, :, seg]), target[:, :, seg], weight_sq, fused=False)
         per_token = [a[..., :, None] * G[..., None, :] for a, G in zip(acts, grads)]  # [B, H, m, din+1, dout]
         running = [S[:, :, None] + (eta[:, :, seg, None, None] * g).cumsum(2) for S, g in zip(Ss, per_token)]
         tau_seg = tau[r:r + m, None, None]
@@ -247,33 +266,35 @@ def step(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_
     return out, _pack(Ws, grad_sums, r + 1, B, q.device)
 
 
-def _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, E, scores0, complete):
+def _dual_minibatch(Ws, Ss, kq, keys, queries, target, eta, update0, scores0, E, tau, weight_sq,
+                    complete: bool, in_place: bool):
     """One mini-batch in dual form, all [N, ...] with N = B·H, b = mini-batch size.
 
-    kq [N, 2b, d+1]: augmented keys then queries; target [N, b, d] (from `_loss`); eta, eta_last = τ_b η
-    [N, b, 1]; update0 = (eta_last ⊙ keys)ᵀ [N, d+1, b]; E = tril(τ_i η_j) and scores0 = E ⊙ (queries keysᵀ)
-    [N, b, b]. Everything but W is precomputed for all mini-batches at once. Ss: the gradient sums carried
-    in when the mini-batch was entered part-way, else None. Returns (z̄ [N, b, d], anchors, sums).
+    kq [N, 2b, d+1]: augmented keys then queries (`keys`, `queries`: its two halves); target [N, b, d]
+    (from `_loss`); eta [N, b, 1]; update0 = (τ_b η ⊙ keys)ᵀ [N, d+1, b]; E = tril(τ_i η_j) and
+    scores0 = E ⊙ (queries keysᵀ) [N, b, b]. Everything but W is precomputed for all mini-batches at once.
+    Ss: the gradient sums carried in when the mini-batch was entered part-way, else None. ``in_place``: W
+    may be updated in place (autograd is off). For TTT-Linear this is six kernels: one product for keys and
+    queries, three for the loss gradient G (`_ln_l2_grad_fused`), the outputs z̄ = Q W − scores0 G and the
+    update W − update0 G. Returns (z̄ [N, b, d], anchors, sums).
     """
-    b = target.shape[-2]
-    z1 = kq @ Ws[0]  # keys and queries through the first layer in one product
-    keys, a = kq[:, :b], kq[:, b:]
-    acts, grads = _inner_grads(Ws, keys, target, weight_sq, z1[:, :b])
-    z = z1[:, b:]
+    z_keys, z = torch.bmm(kq, Ws[0]).split(len(tau), dim=1)  # keys and queries through layer 1 at once
+    acts, grads = _inner_grads(Ws, keys, target, weight_sq, z_keys)
+    a = queries
     for l, W in enumerate(Ws):
         if l:
             a = _aug(gelu_tanh(z))
             z = a @ W
-        scores = scores0 if l == 0 else E * (a @ acts[l].transpose(-1, -2))
+        scores = scores0 if l == 0 else E * (a @ acts[l].mT)
         z = torch.baddbmm(z, scores, grads[l], alpha=-1)  # row i: a_i W_i = a_i W − τ_i Σ_{j≤i} η_j (a_i·A_j) G_j
         if Ss is not None:
             z = z - tau[:, None] * (a @ Ss[l])
     if Ss is None and complete:  # the common case: W⁽ⁿ⁺¹⁾ = W⁽ⁿ⁾ − τ_b Σ_j η_j A_jᵀ G_j
-        new = [torch.baddbmm(Ws[0], update0, grads[0], alpha=-1)]
-        new += [torch.baddbmm(W, (eta_last * A).transpose(-1, -2), G, alpha=-1)
-                for W, A, G in zip(Ws[1:], acts[1:], grads[1:])]
-        return z, new, None
-    sums = [(eta * A).transpose(-1, -2) @ G for A, G in zip(acts, grads)]
+        scaled = [update0] + [(tau[-1] * eta * A).mT for A in acts[1:]]
+        if in_place:
+            return z, [W.baddbmm_(A, G, alpha=-1) for W, A, G in zip(Ws, scaled, grads)], None
+        return z, [torch.baddbmm(W, A, G, alpha=-1) for W, A, G in zip(Ws, scaled, grads)], None
+    sums = [(eta * A).mT @ G for A, G in zip(acts, grads)]
     if Ss is not None:
         sums = [S + s for S, s in zip(Ss, sums)]
     if complete:
@@ -281,13 +302,17 @@ def _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, 
     return z, Ws, sums
 
 
-def _dual_group(Ws, Ss, inputs, tau, weight_sq, last_complete):
-    """Consecutive mini-batches (dim 0 of every tensor in `inputs`); only the last may be incomplete."""
-    n = inputs[0].shape[0]
-    zs = []
-    for i, (kq, target, eta, eta_last, update0, E, scores0) in enumerate(zip(*(x.unbind() for x in inputs))):
-        z, Ws, Ss = _dual_minibatch(Ws, Ss, kq, target, weight_sq, eta, eta_last, update0, tau, E, scores0,
-                                    last_complete or i + 1 < n)
+def _dual_group(Ws, Ss, kq, target, eta, update0, scores0, E, tau, weight_sq, last_complete: bool):
+    """Consecutive mini-batches (dim 0 of every tensor); only the last may be incomplete."""
+    in_place = not torch.is_grad_enabled()
+    if in_place:  # the loop updates W in place: never write into the caller's tensors
+        Ws = [W.clone() for W in Ws]
+    b = len(tau)
+    per_minibatch = zip(*(x.unbind() for x in (kq, kq[:, :, :b], kq[:, :, b:], target, eta, update0, scores0, E)))
+    n, zs = len(kq), []
+    for i, (kq_i, keys, queries, target_i, eta_i, update0_i, scores0_i, E_i) in enumerate(per_minibatch):
+        z, Ws, Ss = _dual_minibatch(Ws, Ss, kq_i, keys, queries, target_i, eta_i, update0_i, scores0_i, E_i, tau,
+                                    weight_sq, last_complete or i + 1 < n, in_place)
         zs.append(z)
     return torch.stack(zs), Ws, Ss
 
@@ -295,11 +320,12 @@ def _dual_group(Ws, Ss, inputs, tau, weight_sq, last_complete):
 def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_weight: Tensor,
             ln_bias: Tensor, state: dict | None = None, mini_batch_size: int = 16, ln_residual: bool = True,
             checkpoint_group: int = 0) -> tuple[Tensor, dict]:
-    """Dual form, one loop step per mini-batch, batched over B·H; any T and any starting offset.
+    """Dual form, one loop step per mini-batch (`_dual_minibatch`), batched over B·H; any T, any offset.
 
     The sequence is padded to whole mini-batches aligned with the state's offset (pads have η = 0, so they
     add nothing to any gradient sum, and their outputs are dropped). ``checkpoint_group`` > 0 recomputes
     groups of that many mini-batches in backward, keeping only W at group ends (when autograd records).
+    The output [B, H, T, d] is laid out as [B, T, H, d] in memory, so merging the heads is free.
     """
     _check(q, k, v, eta, tau, weights, mini_batch_size)
     if not isinstance(checkpoint_group, int) or checkpoint_group < 0:
@@ -319,36 +345,36 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, 
         return x.unflatten(2, (N, b)).permute(2, 0, 1, 3, 4)
 
     # keys then queries of each mini-batch, with the constant feature 1 that multiplies the bias row
-    kq = q.new_ones(N, B, H, 2 * b, d + 1)
+    kq = q.new_empty(N, B, H, 2 * b, d + 1)
+    kq[..., d] = 1
     kq[..., :b, :d] = blocks(k)
     kq[..., b:, :d] = blocks(q)
+    target, weight_sq = _loss(kq[..., :b, :d], blocks(v), ln_weight, ln_bias, ln_residual)
+    kq = kq.flatten(1, 2)  # [N, B·H, 2b, d+1]
     keys, queries = kq[..., :b, :], kq[..., b:, :]
-    target, weight_sq = _loss(keys[..., :d], blocks(v), ln_weight, ln_bias, ln_residual)
-    eta = blocks(eta[..., None])  # [N, B, H, b, 1]
-    eta_last = tau[-1] * eta
-    update0 = (eta_last * keys).transpose(-1, -2)
-    causal = torch.ones(b, b, dtype=torch.bool, device=q.device).tril()
-    E = (tau[:, None] * eta.transpose(-1, -2)).masked_fill(~causal, 0)  # [N, B, H, b, b]: τ_i η_j, j ≤ i
-    scores0 = E * (queries @ keys.transpose(-1, -2))
-    inputs = [x.flatten(1, 2).contiguous() for x in (kq, target, eta, eta_last, update0, E, scores0)]
+    eta = blocks(eta[..., None]).reshape(N, B * H, b, 1)
+    update0 = (tau[-1] * eta * keys).mT
+    E = torch.tril(tau[:, None] * eta.mT)  # [N, B·H, b, b]: τ_i η_j for j ≤ i
+    inputs = [kq, target.reshape(N, B * H, b, d), eta, update0, E * (queries @ keys.mT), E]
     Ws = [W.reshape(B * H, *W.shape[2:]) for W in Ws]
     if Ss is not None:
         Ss = [S.reshape(B * H, *S.shape[2:]) for S in Ss]
     if weight_sq is not None:
         weight_sq = weight_sq.expand(B, H, 1, d).reshape(B * H, 1, d)
-    complete = pad_back == 0
-    group = checkpoint_group if checkpoint_group and torch.is_grad_enabled() else N
+    recompute = bool(checkpoint_group) and torch.is_grad_enabled()
+    group = checkpoint_group if recompute else N
     zs = []
     for g0 in range(0, N, group):
-        args = (Ws, Ss, [x[g0:g0 + group] for x in inputs], tau, weight_sq, complete or g0 + group < N)
-        if group < N:
-            z, Ws, Ss = checkpoint(_dual_group, *args, use_reentrant=False)
-        else:
-            z, Ws, Ss = _dual_group(*args)
+        args = (Ws, Ss, *(x[g0:g0 + group] for x in inputs), tau, weight_sq, pad_back == 0 or g0 + group < N)
+        z, Ws, Ss = checkpoint(_dual_group, *args, use_reentrant=False) if recompute else _dual_group(*args)
         zs.append(z)
-    z = torch.cat(zs).view(N, B, H, b, d).permute(1, 2, 0, 3, 4).reshape(B, H, N * b, d)[:, :, r:r + T]
+    z = torch.cat(zs) if len(zs) > 1 else zs[0]  # [N, B·H, b, d]
+    if ln_residual:  # f(q) = q + LN(f_res(q)), still blocked
+        gamma, beta = (p.repeat(B, 1)[:, None] for p in (ln_weight, ln_bias))
+        z = torch.addcmul(queries[..., :d] + beta, F.layer_norm(z, (d,), eps=LN_EPS), gamma)
+    out = z.view(N, B, H, b, d).permute(1, 0, 3, 2, 4).reshape(B, N * b, H, d)[:, r:r + T].transpose(1, 2)
     new_r = end % b
     Ws = [W.reshape(B, H, *W.shape[1:]) for W in Ws]
     if Ss is not None:
         Ss = [S.reshape(B, H, *S.shape[1:]) for S in Ss]
-    return _finish(q, z, ln_weight, ln_bias, ln_residual), _pack(Ws, Ss if new_r else None, new_r, B, q.device)
+    return out, _pack(Ws, Ss if new_r else None, new_r, B, q.device)
