@@ -14,24 +14,36 @@ def _inv_freq(d: int, theta: float, device: torch.device) -> torch.Tensor:
     return _INV_FREQ[key]
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0, interleaved: bool = False) -> torch.Tensor:
+def apply_rope(x, positions: torch.Tensor, theta: float = 10000.0, interleaved: bool = False):
     """Rotate pairs of channels of x [.., B, H, T, D] by angle position · theta^(-2i/D).
 
+    x: a tensor, or a tuple of tensors of one shape (q and k: the angles are formed once), returned alike.
     positions: [T] or [B, T] (integer or float). interleaved=True pairs channels (2i, 2i+1);
     otherwise (i, i + D/2). Angles are formed in float64 (so large positions keep their precision), then
     cast to x's dtype (to float32 for the rotation when x is half precision: complex bfloat16 does not exist).
+    The interleaved rotation keeps x's memory layout (heads-split views of [B, T, H·D] are not copied first).
     """
-    d = x.shape[-1]
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    d = xs[0].shape[-1]
     if d % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {d}")
-    angles = positions.to(torch.float64)[..., None] * _inv_freq(d, theta, x.device)  # [.., T, D/2]
+    angles = positions.to(torch.float64)[..., None] * _inv_freq(d, theta, xs[0].device)  # [.., T, D/2]
     if angles.dim() == 3:  # [B, T, D/2] -> broadcast over heads
         angles = angles[:, None]
     if interleaved:  # pairs (2i, 2i+1) are complex numbers x_2i + i·x_2i+1: one complex multiply rotates all
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        pairs = torch.view_as_complex(x.to(work).reshape(*x.shape[:-1], d // 2, 2).contiguous())
+        work = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
         rotation = torch.complex(angles.cos().to(work), angles.sin().to(work))
-        return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        outs = tuple(torch.view_as_real(_complex_pairs(t.to(work)) * rotation).flatten(-2).to(t.dtype) for t in xs)
+    else:
+        cos, sin = angles.cos().to(xs[0].dtype), angles.sin().to(xs[0].dtype)
+        outs = tuple(torch.cat([t[..., :d // 2] * cos - t[..., d // 2:] * sin,
+                                t[..., :d // 2] * sin + t[..., d // 2:] * cos], dim=-1) for t in xs)
+    return outs if isinstance(x, (tuple, list)) else outs[0]
+
+
+def _complex_pairs(x: torch.Tensor) -> torch.Tensor:
+    """x [.., D] as complex [.., D/2] from pairs (2i, 2i+1): a view when the strides allow one, else a copy."""
+    pairs = x.unflatten(-1, (-1, 2))
+    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()
+    return torch.view_as_complex(pairs)

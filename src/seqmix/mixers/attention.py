@@ -38,7 +38,7 @@ class Attention(Mixer):
         start = 0 if state is None else state["pos"][:, None]
         if self.rope:
             positions = torch.arange(T, device=x.device) + start
-            q, k = apply_rope(torch.stack([q, k]), positions, self.rope_theta).unbind()  # one call for both
+            q, k = apply_rope((q, k), positions, self.rope_theta)
         if state is None:
             # full causal: one SDPA call; a window: query blocks against a rolling cache, so memory is
             # O(chunk · (chunk + window)) rather than a T × T mask

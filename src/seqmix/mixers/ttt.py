@@ -121,7 +121,7 @@ class TTTMixer(Mixer):
             positions = state["offset"][:, None]  # the offset is always < b
         else:
             positions = (torch.arange(T, device=x.device) + (0 if state is None else state["offset"][:, None])) % b
-        q, k = apply_rope(torch.stack([q, k]), positions, self.rope_theta, interleaved=True).unbind()  # one call
+        q, k = apply_rope((q, k), positions, self.rope_theta, interleaved=True)
         eta = (self.base_lr / d) * torch.sigmoid(lr_logits + self.lr_bias).transpose(1, 2)  # [B, H, T]
         i = torch.arange(1, b + 1, dtype=x.dtype, device=x.device)  # in x's dtype, so 1/i is exact in float64
         tau = F.relu(1 / i + self.token_idx_offset)

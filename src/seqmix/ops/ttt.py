@@ -302,30 +302,56 @@ def _dual_minibatch(Ws, Ss, kq, keys, queries, target, eta, update0, scores0, E,
     return z, Ws, sums
 
 
-def _dual_group(Ws, Ss, kq, target, eta, update0, scores0, E, tau, weight_sq, last_complete: bool):
-    """Consecutive mini-batches (dim 0 of every tensor); only the last may be incomplete."""
+def _dual_segment(Ws, Ss, q, k, v, eta, tau, ln_weight, ln_bias, ln_residual: bool, last_complete: bool):
+    """Whole mini-batches q, k, v [B, H, n·b, d], eta [B, H, n·b] from anchors Ws (and sums Ss) [B·H, ..]:
+    everything that does not depend on W is prepared for all n at once, then the loop of `_dual_minibatch`,
+    then f(q) = q + LN(f_res(q)). Only the last mini-batch may be incomplete (its pads have η = 0).
+    Returns (outputs [n, B·H, b, d], anchors, sums)."""
+    B, H, T, d = q.shape
+    b = len(tau)
+    n = T // b
+    # keys then queries of each mini-batch, with the constant feature 1 that multiplies the bias row
+    blocks = [x.unflatten(2, (n, b)).permute(2, 0, 1, 3, 4) for x in (k, q, v)]  # [n, B, H, b, d] views
+    kq = F.pad(torch.cat(blocks[:2], dim=-2), (0, 1), value=1.0)
+    target, weight_sq = _loss(kq[..., :b, :d], blocks[2], ln_weight, ln_bias, ln_residual)
+    kq = kq.flatten(1, 2)  # [n, B·H, 2b, d+1]
+    keys, queries = kq[..., :b, :], kq[..., b:, :]
+    eta = eta.unflatten(2, (n, b)).permute(2, 0, 1, 3).reshape(n, B * H, b, 1)
+    update0 = (tau[-1] * eta * keys).mT
+    E = torch.tril(tau[:, None] * eta.mT)  # [n, B·H, b, b]: τ_i η_j for j ≤ i
+    if weight_sq is not None:
+        weight_sq = weight_sq.expand(B, H, 1, d).reshape(B * H, 1, d)
     in_place = not torch.is_grad_enabled()
     if in_place:  # the loop updates W in place: never write into the caller's tensors
         Ws = [W.clone() for W in Ws]
-    b = len(tau)
-    per_minibatch = zip(*(x.unbind() for x in (kq, kq[:, :, :b], kq[:, :, b:], target, eta, update0, scores0, E)))
-    n, zs = len(kq), []
-    for i, (kq_i, keys, queries, target_i, eta_i, update0_i, scores0_i, E_i) in enumerate(per_minibatch):
-        z, Ws, Ss = _dual_minibatch(Ws, Ss, kq_i, keys, queries, target_i, eta_i, update0_i, scores0_i, E_i, tau,
-                                    weight_sq, last_complete or i + 1 < n, in_place)
+    per_minibatch = zip(*(x.unbind() for x in (kq, keys, queries, target.reshape(n, B * H, b, d), eta, update0,
+                                                 E * (queries @ keys.mT), E)))
+    zs = []
+    for i, (kq_i, keys_i, queries_i, target_i, eta_i, update0_i, scores0_i, E_i) in enumerate(per_minibatch):
+        z, Ws, Ss = _dual_minibatch(Ws, Ss, kq_i, keys_i, queries_i, target_i, eta_i, update0_i, scores0_i, E_i,
+                                    tau, weight_sq, last_complete or i + 1 < n, in_place)
         zs.append(z)
-    return torch.stack(zs), Ws, Ss
+    z = torch.stack(zs)
+    if ln_residual:  # f(q) = q + LN(f_res(q)), still blocked
+        gamma, beta = (p.repeat(B, 1)[:, None] for p in (ln_weight, ln_bias))
+        z = torch.addcmul(queries[..., :d] + beta, F.layer_norm(z, (d,), eps=LN_EPS), gamma)
+    return z, Ws, Ss
+
+
+SEGMENT = 32  # mini-batches prepared and finished at once without checkpointing: their data stays in cache
 
 
 def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_weight: Tensor,
             ln_bias: Tensor, state: dict | None = None, mini_batch_size: int = 16, ln_residual: bool = True,
             checkpoint_group: int = 0) -> tuple[Tensor, dict]:
-    """Dual form, one loop step per mini-batch (`_dual_minibatch`), batched over B·H; any T, any offset.
+    """Dual form, batched over B·H; any T and any starting offset.
 
     The sequence is padded to whole mini-batches aligned with the state's offset (pads have η = 0, so they
-    add nothing to any gradient sum, and their outputs are dropped). ``checkpoint_group`` > 0 recomputes
-    groups of that many mini-batches in backward, keeping only W at group ends (when autograd records).
-    The output [B, H, T, d] is laid out as [B, T, H, d] in memory, so merging the heads is free.
+    add nothing to any gradient sum, and their outputs are dropped) and run in segments of whole
+    mini-batches (`_dual_segment`, one loop step per mini-batch in `_dual_minibatch`). ``checkpoint_group``
+    > 0 makes the segments that long and recomputes them in backward, keeping only W at their ends (when
+    autograd records). The output [B, H, T, d] is laid out as [B, T, H, d] in memory, so merging the heads
+    is free.
     """
     _check(q, k, v, eta, tau, weights, mini_batch_size)
     if not isinstance(checkpoint_group, int) or checkpoint_group < 0:
@@ -337,44 +363,24 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, 
         return q.clone(), _pack(Ws, Ss, r, B, q.device)
     end = r + T
     pad_back = (-end) % b
-    N = (end + pad_back) // b
-
-    def blocks(x: Tensor) -> Tensor:  # [B, H, T, c], any strides -> [N, B, H, b, c], a view unless padded
-        if r or pad_back:
-            x = F.pad(x, (0, 0, r, pad_back))
-        return x.unflatten(2, (N, b)).permute(2, 0, 1, 3, 4)
-
-    # keys then queries of each mini-batch, with the constant feature 1 that multiplies the bias row
-    kq = q.new_empty(N, B, H, 2 * b, d + 1)
-    kq[..., d] = 1
-    kq[..., :b, :d] = blocks(k)
-    kq[..., b:, :d] = blocks(q)
-    target, weight_sq = _loss(kq[..., :b, :d], blocks(v), ln_weight, ln_bias, ln_residual)
-    kq = kq.flatten(1, 2)  # [N, B·H, 2b, d+1]
-    keys, queries = kq[..., :b, :], kq[..., b:, :]
-    eta = blocks(eta[..., None]).reshape(N, B * H, b, 1)
-    update0 = (tau[-1] * eta * keys).mT
-    E = torch.tril(tau[:, None] * eta.mT)  # [N, B·H, b, b]: τ_i η_j for j ≤ i
-    inputs = [kq, target.reshape(N, B * H, b, d), eta, update0, E * (queries @ keys.mT), E]
+    n = (end + pad_back) // b
+    if r or pad_back:
+        q, k, v = (F.pad(x, (0, 0, r, pad_back)) for x in (q, k, v))
+        eta = F.pad(eta, (r, pad_back))
     Ws = [W.reshape(B * H, *W.shape[2:]) for W in Ws]
     if Ss is not None:
         Ss = [S.reshape(B * H, *S.shape[2:]) for S in Ss]
-    if weight_sq is not None:
-        weight_sq = weight_sq.expand(B, H, 1, d).reshape(B * H, 1, d)
     recompute = bool(checkpoint_group) and torch.is_grad_enabled()
-    group = checkpoint_group if recompute else N
-    zs = []
-    for g0 in range(0, N, group):
-        args = (Ws, Ss, *(x[g0:g0 + group] for x in inputs), tau, weight_sq, pad_back == 0 or g0 + group < N)
-        z, Ws, Ss = checkpoint(_dual_group, *args, use_reentrant=False) if recompute else _dual_group(*args)
-        zs.append(z)
-    z = torch.cat(zs) if len(zs) > 1 else zs[0]  # [N, B·H, b, d]
-    if ln_residual:  # f(q) = q + LN(f_res(q)), still blocked
-        gamma, beta = (p.repeat(B, 1)[:, None] for p in (ln_weight, ln_bias))
-        z = torch.addcmul(queries[..., :d] + beta, F.layer_norm(z, (d,), eps=LN_EPS), gamma)
-    out = z.view(N, B, H, b, d).permute(1, 0, 3, 2, 4).reshape(B, N * b, H, d)[:, r:r + T].transpose(1, 2)
+    segment = checkpoint_group if recompute else SEGMENT
+    out = q.new_empty(B, n * b, H, d)
+    for m0 in range(0, n, segment):
+        tokens = slice(m0 * b, (m0 + segment) * b)
+        args = (Ws, Ss, q[:, :, tokens], k[:, :, tokens], v[:, :, tokens], eta[:, :, tokens], tau, ln_weight,
+                ln_bias, ln_residual, pad_back == 0 or m0 + segment < n)
+        z, Ws, Ss = checkpoint(_dual_segment, *args, use_reentrant=False) if recompute else _dual_segment(*args)
+        out[:, tokens].copy_(z.view(-1, B, H, b, d).permute(1, 0, 3, 2, 4).flatten(1, 2))
     new_r = end % b
     Ws = [W.reshape(B, H, *W.shape[1:]) for W in Ws]
     if Ss is not None:
         Ss = [S.reshape(B, H, *S.shape[1:]) for S in Ss]
-    return out, _pack(Ws, Ss if new_r else None, new_r, B, q.device)
+    return out[:, r:r + T].transpose(1, 2), _pack(Ws, Ss if new_r else None, new_r, B, q.device)
