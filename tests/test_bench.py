@@ -40,3 +40,15 @@ def test_bench_cli_ttt_suite_writes_all_rows(tmp_path, capsys, monkeypatch):
     assert {r["mixer"] for r in rows if r["suite"] == "forward"} == {"ttt_linear", "ttt_mlp", "attention"}
     printed = capsys.readouterr().out
     assert "faster than attention from" in printed and "primal (step loop)" in printed
+
+
+def test_official_ttt_comparison_explains_a_bad_checkout(tmp_path, capsys):
+    """The official code is never vendored: a path without it, or an environment that cannot import it, is
+    refused with what to do about it."""
+    from seqmix.cli import main
+
+    assert main(["bench", "--suite", "ttt", "--ttt-official", str(tmp_path)]) == 2
+    assert "no ttt.py there" in capsys.readouterr().err
+    (tmp_path / "ttt.py").write_text("from transformers import SomethingRemovedInV5\n")
+    assert main(["bench", "--suite", "ttt", "--ttt-official", str(tmp_path)]) == 2
+    assert "needs transformers 4.44" in capsys.readouterr().err

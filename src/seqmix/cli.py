@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"seqmix {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,5 +1,6 @@
 """`seqmix bench`: forward time per token vs L and decode latency vs context, next to the machine's roofline;
-``--suite ttt``: TTT's dual vs primal forms, and TTT-Linear / TTT-MLP against softmax attention."""
+``--suite ttt``: TTT's dual vs primal forms, TTT-Linear / TTT-MLP against softmax attention, and with
+``--ttt-official PATH`` against the official ttt-lm-pytorch model."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 from seqmix.bench.harness import machine_info, measure_roofline
+from seqmix.bench.official_ttt import load_official, official_ttt_suite
 from seqmix.bench.suites import decode_suite, forward_suite, ttt_forms_suite
 
 DEFAULT_MIXERS = "attention,linear_attention,gla"
@@ -32,6 +34,9 @@ def configure(p) -> None:
     p.add_argument("--mixer-options", default="{}", help='JSON keyed by mixer, e.g. {"gla": {"chunk_size": 64}}')
     p.add_argument("--ttt-mixer", default="ttt_linear", help="ttt forms table: which TTT mixer's inner loop")
     p.add_argument("--ttt-length", type=int, default=2048, help="ttt forms table: sequence length")
+    p.add_argument("--ttt-official", type=Path, default=None, metavar="PATH",
+                   help="ttt suite: also time the official ttt-lm-pytorch model (a checkout at PATH, imported from "
+                        "there; needs transformers 4.44) against seqmix with the same weights")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed block")
@@ -79,6 +84,15 @@ def _fmt_ttt_forms(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_official(rows: list[dict]) -> str:
+    lines = ["| model | what | official | seqmix | speed-up |", "|---|---|---|---|---|"]
+    for r in rows:
+        what = "whole model (2 blocks)" if r["what"] == "model" else "one layer (norms, conv, TTT)"
+        lines.append(f"| {r['mixer']} | {what} | {r['official_ms']:.1f} ms | {r['seqmix_ms']:.1f} ms | "
+                     f"{r['speedup']:.2f}× |")
+    return "\n".join(lines)
+
+
 def _fmt_decode(rows: list[dict]) -> str:
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
     ctxs = sorted({r["context"] for r in rows})
@@ -95,6 +109,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     mixers = [m for m in (args.mixers or (TTT_MIXERS if args.suite == "ttt" else DEFAULT_MIXERS)).split(",") if m]
     options = json.loads(args.mixer_options)
+    official = load_official(args.ttt_official) if args.ttt_official and args.suite in ("ttt", "all") else None
     roof = measure_roofline()
     info = machine_info()
     print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}")
@@ -108,6 +123,15 @@ def run(args) -> int:
         result["rows"] += rows
         print(f"\n{args.ttt_mixer} inner loop at L={args.ttt_length}, d_model={args.d_model}, {args.n_heads} heads, "
               f"batch 1 {_fmt_load(rows)}:\n" + _fmt_ttt_forms(rows))
+    if official is not None:
+        note_official = lambda r: print(f"  official  {r['mixer']:10s} {r['what']:5s} {r['L']:>6}: official "
+                                   f"{r['official_ms']:.1f} ms, seqmix {r['seqmix_ms']:.1f} ms", flush=True)
+        rows = official_ttt_suite(official, args.ttt_length, args.d_model, args.n_heads, args.rounds,
+                                  args.min_time, note_official)
+        result["rows"] += rows
+        print(f"\nagainst the official ttt-lm-pytorch model at L={args.ttt_length}, d_model={args.d_model}, "
+              f"{args.n_heads} heads, Mamba backbone, same weights, batch 1, median of {args.rounds} "
+              f"interleaved rounds {_fmt_load(rows)}:\n" + _fmt_official(rows))
     if args.suite in ("forward", "ttt", "all"):
         rows = forward_suite(mixers, args.lengths, args.d_model, args.n_heads, roof, options, args.rounds,
                              args.min_time, note)
