@@ -30,6 +30,8 @@ def test_decoding_through_the_state_equals_recomputing_the_whole_sequence(mixer)
         for _ in range(12):  # the oracle: a full forward pass for every new token
             tokens = torch.cat([tokens, model(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(new, tokens[:, 7:])
+    assert not new.is_inference()  # sampled in inference mode, handed back usable anywhere (e.g. as training input)
+    model(new).sum().backward()
 
 
 def test_top_k_one_is_greedy_and_sampling_respects_top_k():

@@ -269,6 +269,22 @@ def test_long_sequence_float32_stays_finite(hidden):
     assert_close(out.double(), expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("form", ["parallel", "chunked", "step"])
+def test_forms_without_autograd_hand_back_ordinary_tensors(form):
+    """Without autograd the forms run in inference mode inside; what they return must still work with
+    autograd afterwards (a state computed under no_grad, then training continues from it)."""
+    q, k, v, eta, tau, weights, gamma, beta = make_inputs(B=1, H=2, T=6, d=4, b=4)
+    run = getattr(ttt, form)
+    cut = (lambda x: x[:, :, 0]) if form == "step" else (lambda x: x[:, :, :3])
+    with torch.no_grad():
+        out, state = run(cut(q), cut(k), cut(v), cut(eta), tau, weights, gamma, beta, mini_batch_size=4)
+    assert not out.is_inference() and not any(t.is_inference() for t in state.values())
+    k2 = k.clone().requires_grad_()  # the state's tensors meet tensors that need gradients: they are saved
+    out2, _ = run(cut(q), cut(k2), cut(v), cut(eta), tau, weights, gamma, beta, state=state, mini_batch_size=4)
+    (out2 * out).sum().backward()
+    assert k2.grad is not None and torch.isfinite(k2.grad).all() and k2.grad.abs().sum() > 0
+
+
 def test_op_refuses_bad_arguments():
     q, k, v, eta, tau, weights, gamma, beta = make_inputs(T=5, b=8)
     with pytest.raises(ValueError, match="tau must have shape"):

@@ -112,7 +112,7 @@ def recall_cell(arch: Arch, width: int, rs: RecallSettings, progress=None) -> di
         if progress:
             progress({"epoch": epoch + 1, "loss": loss.item()})
     model.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = torch.cat([model(x_test[i:i + 256]) for i in range(0, rs.test_examples, 256)])
     return {"arch": arch.name, "width": width, "params": model.num_parameters(), "n_heads": model.config.n_heads,
             "accuracy": recall_accuracy(logits, y_test), "final_train_loss": loss.item(),

@@ -44,7 +44,7 @@ def log2_buckets(loss_by_position: list[float]) -> list[dict]:
     return [{"start": a, "end": b, "bpb": float(np.mean(loss_by_position[a:b]))} for a, b in zip(edges, edges[1:])]
 
 
-@torch.no_grad()
+@torch.inference_mode()  # what leaves is Python numbers; inference mode skips view and version tracking
 def evaluate(model, data, seq_len: int, *, batch_size: int = 16, max_bytes: int | None = None) -> dict:
     """Bits per byte of ``model`` on ``data`` (a str, bytes or list of Documents) with windows of ``seq_len``.
 

