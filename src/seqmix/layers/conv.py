@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -10,9 +11,10 @@ class ShortConv(nn.Module):
 
     The state is the tail: the last K-1 *inputs* [B, K-1, C], so a sequence may be cut anywhere.
     Shapes: x [B, T, C] -> y [B, T, C]. The weights live in an ``nn.Conv1d`` (the usual parameter layout),
-    but the sum is taken as K shifted multiply-adds in the [B, T, C] layout: no transposes to the channel-
-    first layout conv1d wants, about 2× faster on CPU forward and backward; at T = 1 (decoding) a single
-    multiply-and-sum over the window (conv1d's dispatch alone costs about ten times that).
+    but the sum is taken in the [B, T, C] layout, never transposed to the channel-first layout conv1d wants:
+    while autograd records, as K shifted multiply-adds (about 2× faster than conv1d forward and backward);
+    otherwise as one depthwise conv2d over the same memory read as channels-last (2× faster again); at
+    T = 1 (decoding) as a single multiply-and-sum over the window (conv1d's dispatch alone costs ten times that).
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True):
@@ -41,6 +43,12 @@ class ShortConv(nn.Module):
         if T == 1:  # decoding: one multiply-and-sum over the window
             y = (window * w).sum(1, keepdim=True)
             return y if bias is None else y + bias
+        if not (torch.is_grad_enabled() and (window.requires_grad or self.conv.weight.requires_grad)):
+            # no graph to record: one depthwise conv2d reads [B, T, C] as channels-last [B, C, 1, T] in place,
+            # about 2× faster than the taps below (whose backward is the faster one, so training keeps them)
+            y = F.conv2d(window.transpose(1, 2).unsqueeze(2), self.conv.weight.unsqueeze(2), bias,
+                         groups=window.shape[2])
+            return y.squeeze(2).transpose(1, 2)
         y = window[:, :T] * w[0] if bias is None else torch.addcmul(bias, window[:, :T], w[0])
         for j in range(1, self.kernel_size):
             y = torch.addcmul(y, window[:, j:j + T], w[j])
