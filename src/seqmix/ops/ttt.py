@@ -35,6 +35,8 @@ Forms, and how they map to the paper:
   tensor; per layer, Z̄ = Ā W − (E ⊙ tril(Ā Aᵀ)) G and W⁽ⁿ⁺¹⁾ = W − τ_b (η ⊙ A)ᵀ G, where A / Ā are the
   layer inputs on keys / queries and G = ∂ℓ/∂z at the anchor. Optional gradient checkpointing through
   time (App. C): only W at the ends of groups of ``checkpoint_group`` mini-batches is kept for backward.
+  Its loss gradient comes from ATen's layer-norm and GELU backward kernels (the oracle's from the closed
+  forms below, so the two are independent); about six kernels per mini-batch for TTT-Linear.
 * ``step`` — the primal form for decoding (as ttt-lm-pytorch's cache): the anchor weights plus the running
   gradient sums S_i = Σ_{j≤i} η_j ∇ℓ_j(W⁽ⁿ⁾), W_i = W⁽ⁿ⁾ − τ_i S_i.
 
