@@ -25,8 +25,32 @@ def _positive_int(value, option: str) -> None:
         raise ValueError(f"{option}={value!r}: must be a positive int")
 
 
+class RWKVMatrixMixer(Mixer):
+    """What RWKV-6 and RWKV-7 share: heads of ``head_size`` channels (`rwkv_head_layout`), a ``chunk_size``
+    for the chunked op, bias-free C×C projections with a GroupNorm per head on the output (`_projections`),
+    and the state {"shift": [B, C] last input, "S": [B, H, N, N]}."""
+
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int, n_layers: int, head_size, chunk_size):
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
+        name = self.registered_name
+        self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size, name)
+        _positive_int(chunk_size, f"{name} option chunk_size")
+        self.chunk_size = chunk_size
+
+    def _projections(self, *names: str) -> None:
+        """One nn.Linear(C, C, bias=False) per name, in order, then ``ln_x`` (GroupNorm eps 64e-5 = 1e-5·8²,
+        the official head_size_divisor 8)."""
+        C = self.d_model
+        for name in names:
+            setattr(self, name, nn.Linear(C, C, bias=False))
+        self.ln_x = nn.GroupNorm(self.H, C, eps=64e-5)
+
+    def init_state(self, batch_size: int):
+        return {"shift": self._zeros(batch_size, self.d_model), "S": self._zeros(batch_size, self.H, self.N, self.N)}
+
+
 @register_mixer("rwkv6")
-class RWKV6(Mixer):
+class RWKV6(RWKVMatrixMixer):
     """Data-dependent token shift and decay, a matrix state per head (ops.rwkv6), GroupNorm, SiLU gate.
 
     xx = x_{t-1} - x;  (μ_w, μ_k, μ_v, μ_r, μ_g) += tanh((x + xx·μ_x) A) B   (low rank, ``mix_rank``)
@@ -44,11 +68,10 @@ class RWKV6(Mixer):
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, head_size: int = 64,
                  mix_rank: int = 32, decay_rank: int = 64, chunk_size: int = 32):
-        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size, "rwkv6")
-        for value, option in ((mix_rank, "mix_rank"), (decay_rank, "decay_rank"), (chunk_size, "chunk_size")):
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_size=head_size,
+                         chunk_size=chunk_size)
+        for value, option in ((mix_rank, "mix_rank"), (decay_rank, "decay_rank")):
             _positive_int(value, f"rwkv6 option {option}")
-        self.chunk_size = chunk_size
         C = d_model
         ratio_0_to_1 = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0
         ratio_1_to_almost0 = 1.0 - layer_idx / n_layers
@@ -68,15 +91,7 @@ class RWKV6(Mixer):
         self.decay_w2 = nn.Parameter(torch.empty(decay_rank, C).uniform_(-0.01, 0.01))
         zigzag = ((torch.arange(C) + 1) % 3 - 1) * 0.1
         self.time_first = nn.Parameter((ratio_0_to_1 * (1 - n) + zigzag).view(self.H, self.N))
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.gate = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(self.H, C, eps=64e-5)
-
-    def init_state(self, batch_size: int):
-        return {"shift": self._zeros(batch_size, self.d_model), "S": self._zeros(batch_size, self.H, self.N, self.N)}
+        self._projections("receptance", "key", "value", "gate", "output")
 
     def forward(self, x, state=None, shared=None):
         B, T, C = x.shape

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.layers import token_shift
-from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
-from seqmix.mixers.rwkv6 import _positive_int, rwkv_head_layout
+from seqmix.mixers.base import merge_heads, register_mixer, split_heads
+from seqmix.mixers.rwkv6 import RWKVMatrixMixer
 from seqmix.ops import delta_rule as op
 
 V_FIRST = "rwkv7.v_first"  # key in the per-forward `shared` dict: the first RWKV-7 layer's values
@@ -33,7 +33,7 @@ class _LowRank(nn.Module):
 
 
 @register_mixer("rwkv7")
-class RWKV7(Mixer):
+class RWKV7(RWKVMatrixMixer):
     """Generalised delta rule per head (ops.delta_rule) with RWKV-7's parametrisation.
 
     x_* = x + (x_{t-1} - x)·μ_*;  r, k, v = W_r x_r, W_k x_k, W_v x_v
@@ -53,10 +53,8 @@ class RWKV7(Mixer):
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, head_size: int = 64,
                  chunk_size: int = 32):
-        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size, "rwkv7")
-        _positive_int(chunk_size, "rwkv7 option chunk_size")
-        self.chunk_size = chunk_size
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_size=head_size,
+                         chunk_size=chunk_size)
         C = d_model
         ratio_0_to_1 = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0
         ratio_1_to_almost0 = 1.0 - layer_idx / n_layers
@@ -76,14 +74,7 @@ class RWKV7(Mixer):
         self.k_k = nn.Parameter(torch.full((C,), 0.85))
         self.k_a = nn.Parameter(torch.ones(C))
         self.r_k = nn.Parameter(torch.zeros(self.H, self.N))
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(self.H, C, eps=64e-5)
-
-    def init_state(self, batch_size: int):
-        return {"shift": self._zeros(batch_size, self.d_model), "S": self._zeros(batch_size, self.H, self.N, self.N)}
+        self._projections("receptance", "key", "value", "output")
 
     def forward(self, x, state=None, shared=None):
         B, T, C = x.shape
