@@ -285,6 +285,23 @@ def test_forms_without_autograd_hand_back_ordinary_tensors(form):
     assert k2.grad is not None and torch.isfinite(k2.grad).all() and k2.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("hidden", [0, 8], ids=["linear", "mlp"])
+def test_dual_form_without_autograd_leaves_the_callers_state_and_weights_alone(hidden):
+    """Without autograd the dual form updates its anchors in place; they must be its own copies."""
+    q, k, v, eta, tau, weights, gamma, beta = make_inputs(B=1, H=2, T=40, d=4, b=8, hidden=hidden)
+    cut = lambda x, s: x[:, :, s]  # noqa: E731
+    with torch.no_grad():
+        _, state = ttt.chunked(*(cut(x, slice(0, 16)) for x in (q, k, v, eta)), tau, weights, gamma, beta,
+                               mini_batch_size=8)
+        kept_state = {name: t.clone() for name, t in state.items()}
+        kept_weights = [W.clone() for W in weights]
+        ttt.chunked(*(cut(x, slice(16, None)) for x in (q, k, v, eta)), tau, weights, gamma, beta, state=state,
+                    mini_batch_size=8)
+        ttt.chunked(q, k, v, eta, tau, weights, gamma, beta, mini_batch_size=8)
+    assert all(torch.equal(state[name], kept_state[name]) for name in state)
+    assert all(torch.equal(W, kept) for W, kept in zip(weights, kept_weights))
+
+
 def test_op_refuses_bad_arguments():
     q, k, v, eta, tau, weights, gamma, beta = make_inputs(T=5, b=8)
     with pytest.raises(ValueError, match="tau must have shape"):

@@ -348,9 +348,7 @@ def _dual_segment(Ws, Ss, q, k, v, eta, tau, ln_weight, ln_bias, ln_residual: bo
     E = torch.tril(tau[:, None] * eta.mT)  # [n, B·H, b, b]: τ_i η_j for j ≤ i
     if weight_sq is not None:
         weight_sq = weight_sq.expand(B, H, 1, d).reshape(B * H, 1, d)
-    in_place = not torch.is_grad_enabled()
-    if in_place:  # the loop updates W in place: never write into the caller's tensors
-        Ws = [W.clone() for W in Ws]
+    in_place = not torch.is_grad_enabled()  # `chunked` then hands in copies of the caller's anchors
     per_minibatch = zip(*(x.unbind() for x in (kq, keys, queries, target.reshape(n, B * H, b, d), eta, update0,
                                                  E * (queries @ keys.mT), E)))
     zs = []
@@ -398,6 +396,8 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, 
     Ws = [W.reshape(B * H, *W.shape[2:]) for W in Ws]
     if Ss is not None:
         Ss = [S.reshape(B * H, *S.shape[2:]) for S in Ss]
+    if not torch.is_grad_enabled():  # the segments update W in place: never write into the caller's tensors
+        Ws = [W.clone() for W in Ws]
     recompute = bool(checkpoint_group) and torch.is_grad_enabled()
     segment = checkpoint_group if recompute else SEGMENT
     out = q.new_empty(B, n * b, H, d)
