@@ -72,6 +72,54 @@ def test_deltanet_is_a_special_case():
     assert_close(S_chk, S)
 
 
+def _gated_delta_rule_per_token(q, k, v, beta, alpha, S, decay_first):
+    """The gated delta rule written out per token in the [Dk, Dv] layout, o_t = S_tᵀ q_t:
+    Gated DeltaNet (decay_first=False): S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ (α_t a scalar per head);
+    KDA (decay_first=True):             S_t = (I - β_t k_t k_tᵀ) diag(α_t) S_{t-1} + β_t k_t v_tᵀ (α_t per channel)."""
+    eye = torch.eye(k.shape[-1], dtype=k.dtype)
+    outs = []
+    for t in range(q.shape[2]):
+        kt, bt, at = k[:, :, t], beta[:, :, t, :, None], alpha[:, :, t]
+        removal = eye - bt * kt.unsqueeze(-1) * kt.unsqueeze(-2)
+        if decay_first:
+            S = removal @ (at.unsqueeze(-1) * S) + bt * kt.unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
+        else:
+            S = at[..., None, None] * (removal @ S) + bt * kt.unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
+        outs.append((q[:, :, t].unsqueeze(-2) @ S).squeeze(-2))
+    return torch.stack(outs, 2), S
+
+
+@pytest.mark.parametrize("T, chunk_size", [(29, 8), (64, 16), (1, 16)])
+def test_gated_deltanet_mapping(T, chunk_size):
+    """Gated DeltaNet is the op with log_w = g, a = -k, b = e^g β k, v ← β v: the decay rides on b because
+    a reads the state before it is decayed (b = β k would compute α S - β k kᵀ S, not α (I - β k kᵀ) S)."""
+    q, k, v, _, _, _ = _inputs(T=T)
+    k = F.normalize(k, dim=-1)
+    beta = torch.rand(2, 3, T, 1, dtype=F64)
+    g = -torch.rand(2, 3, T, dtype=F64)  # one log decay per head and token
+    S0 = torch.randn(2, 3, 8, 5, dtype=F64)
+    expected, S_end = _gated_delta_rule_per_token(q, k, v, beta, g.exp(), S0, decay_first=False)
+    args = (q, k, beta * v, -k, g.exp().unsqueeze(-1) * beta * k, g, S0)
+    for name, (o, S) in {"parallel": dr.parallel(*args), "chunked": dr.chunked(*args, chunk_size=chunk_size),
+                         "step": _steps(*args)}.items():
+        assert_close(o, expected, what=f"{name} output")
+        assert_close(S, S_end, what=f"{name} state")
+    wrong, _ = dr.chunked(q, k, beta * v, -k, beta * k, g, S0, chunk_size=chunk_size)  # the old docstring's mapping
+    assert (wrong - expected).abs().max() > 1e-3
+
+
+def test_kimi_delta_attention_mapping():
+    """KDA decays per channel before the delta update: log_w = log α, a = -α ⊙ k, b = β k, v ← β v."""
+    q, k, v, _, _, log_alpha = _inputs(T=45, decay="channel")
+    k = F.normalize(k, dim=-1)
+    beta = torch.rand(2, 3, 45, 1, dtype=F64)
+    S0 = torch.randn(2, 3, 8, 5, dtype=F64)
+    expected, S_end = _gated_delta_rule_per_token(q, k, v, beta, log_alpha.exp(), S0, decay_first=True)
+    o, S = dr.chunked(q, k, beta * v, -log_alpha.exp() * k, beta * k, log_alpha, S0, chunk_size=16)
+    assert_close(o, expected)
+    assert_close(S, S_end)
+
+
 @pytest.mark.parametrize("decay", ["scalar", "channel"])
 def test_state_cut_at_unaligned_positions(decay):
     q, k, v, a, b, log_w = _inputs(T=100, decay=decay)

@@ -12,9 +12,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from helpers import assert_rel_close  # noqa: E402
-from seqmix import ModelConfig, SeqMixLM  # noqa: E402
+from seqmix import ModelConfig, SeqMixLM, available_mixers  # noqa: E402
 from seqmix.cli import main  # noqa: E402
 from seqmix.interop import SeqMixConfig, SeqMixForCausalLM, load_pretrained  # noqa: E402
+from seqmix.interop.hf import GenerationState  # noqa: E402
 from seqmix.model.generate import sample  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
@@ -59,29 +60,71 @@ def test_save_pretrained_round_trip_through_auto_classes(wrapped, tmp_path):
     assert torch.equal(load_pretrained(tmp_path)(tokens), wrapped.model(tokens))
 
 
-def test_generate_runs_on_the_state_and_equals_seqmix_sampling(wrapped):
-    model = wrapped.model
-    lengths = []
-    forward = model.forward
+# every mixer alone, and every hybrid preset
+GENERATE_CONFIGS = {name: ModelConfig(mixer=name, vocab_size=61, d_model=32, n_layers=2, n_heads=2)
+                    for name in available_mixers()}
+GENERATE_CONFIGS.update({name: ModelConfig(pattern=name, vocab_size=61, d_model=32, n_layers=3, n_heads=2)
+                         for name in ("jamba", "samba", "griffin")})
+GENERATE_CONFIGS.update({f"wrapped-{name}": config for name, config in CONFIGS.items()})
+
+
+def _count_forward_lengths(model):
+    """Record the sequence length of every SeqMixLM forward call."""
+    lengths, forward = [], model.forward
     model.forward = lambda tokens, state=None, **kw: lengths.append(tokens.shape[1]) or forward(tokens, state=state, **kw)
+    return lengths
+
+
+@pytest.mark.parametrize("name", list(GENERATE_CONFIGS))
+def test_generate_runs_on_the_state(name):
+    """Greedy, sampling and beam search: one prefill, then one token per step (no prefix recomputed), and the
+    same tokens as recomputing every prefix (use_cache=False). float64, so sampling draws the same tokens."""
+    torch.manual_seed(0)
+    wrapped = SeqMixForCausalLM.from_seqmix(SeqMixLM(GENERATE_CONFIGS[name])).double().eval()
+    model = wrapped.model
     prompt = torch.randint(0, 61, (2, 9))
+    lengths = _count_forward_lengths(model)
     with torch.no_grad():
-        out = wrapped.generate(prompt, max_new_tokens=10, do_sample=False)
-        assert lengths == [9] + [1] * 9  # one prefill, then one token per step: the prefix is never recomputed
-        assert torch.equal(out[:, :9], prompt)
-        assert torch.equal(out[:, 9:], sample(model, prompt, 10, temperature=0))
+        greedy = wrapped.generate(prompt, max_new_tokens=8, do_sample=False)
+        assert lengths == [9] + [1] * 7
+        assert torch.equal(greedy[:, :9], prompt)
+        assert torch.equal(greedy[:, 9:], sample(model, prompt, 8, temperature=0))
+        for kwargs in (dict(do_sample=True, top_k=0), dict(num_beams=3, do_sample=False)):
+            lengths.clear()
+            torch.manual_seed(1)
+            with_state = wrapped.generate(prompt, max_new_tokens=6, **kwargs)
+            assert lengths == [9] + [1] * 5, kwargs
+            torch.manual_seed(1)
+            recomputed = wrapped.generate(prompt, max_new_tokens=6, use_cache=False, **kwargs)
+            assert lengths[6:] == [9, 10, 11, 12, 13, 14], kwargs
+            assert torch.equal(with_state, recomputed), kwargs
 
 
-def test_beam_search_reorders_the_state(wrapped):
-    if int(transformers.__version__.split(".")[0]) < 5:
-        with pytest.raises(ValueError, match="beam search needs transformers >= 5"):
-            wrapped.generate(torch.randint(0, 61, (1, 5)), num_beams=3, max_new_tokens=4)
-        return
+def test_beam_search_is_exact_when_transformers_does_not_reorder_the_state(wrapped, monkeypatch):
+    """If a transformers version stops reordering the state between beams, the rows are matched by their
+    token history instead: still one token per step, still the recomputed result."""
+    monkeypatch.setattr(SeqMixForCausalLM, "_reorder_cache", lambda self, state, beam_idx: state)
     prompt = torch.randint(0, 61, (1, 7))
+    lengths = _count_forward_lengths(wrapped.model)
     with torch.no_grad():
-        with_state = wrapped.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
-        recomputed = wrapped.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False)
+        with_state = wrapped.generate(prompt, max_new_tokens=6, num_beams=4, do_sample=False)
+        assert lengths == [7] + [1] * 5
+        recomputed = wrapped.generate(prompt, max_new_tokens=6, num_beams=4, do_sample=False, use_cache=False)
     assert torch.equal(with_state, recomputed)
+
+
+def test_generation_state_that_does_not_continue_the_tokens_is_recomputed_with_a_warning(wrapped):
+    prompt = torch.randint(0, 61, (2, 6))
+    with torch.no_grad():
+        state = wrapped(prompt[:, :4], state=GenerationState(wrapped.model.init_state(2), prompt[:, :0])).state
+        assert torch.equal(state.tokens, prompt[:, :4])
+        inputs = wrapped.prepare_inputs_for_generation(prompt, state=state)
+        assert torch.equal(inputs["input_ids"], prompt[:, 4:])  # continues: only the unseen tokens
+        other = prompt.clone()
+        other[:, 0] = (other[:, 0] + 1) % 61
+        with pytest.warns(RuntimeWarning, match="recomputing from the start"):
+            inputs = wrapped.prepare_inputs_for_generation(other, state=state)
+        assert torch.equal(inputs["input_ids"], other) and inputs["state"].tokens.shape == (2, 0)
 
 
 def test_forward_loss_state_and_padding():

@@ -5,16 +5,21 @@ Importing this module registers both with ``AutoConfig`` / ``AutoModelForCausalL
 ``AutoModelForCausalLM.from_pretrained(directory)`` reads them back.
 
 ``generate()`` runs on the recurrent state: the prompt is prefilled in one forward (the mixers' chunked
-form) and every new token is one ``SeqMixLM`` step from the state, which travels between steps as the
-model kwarg ``state`` (the name transformers already carries between generation steps for recurrent
-models, and reorders for beam search through ``_reorder_cache``). No prefix is ever recomputed.
-Padding is refused: a recurrent state has no way to skip pad tokens, so prompts of a batch must have the
-same length.
+form) and every new token is one ``SeqMixLM`` step from the state. The state travels between steps as a
+``GenerationState``, which also holds the tokens it has consumed, and is carried by the two hooks
+transformers documents for that: ``_update_model_kwargs_for_generation`` stores it after each forward and
+``prepare_inputs_for_generation`` feeds only the tokens it has not consumed. Nothing depends on
+transformers recognising a kwarg name: if rows were reordered (beam search) and transformers did not
+reorder the state, ``prepare_inputs_for_generation`` finds each row's state by its token history, so
+greedy, sampling and beam search are exact and never recompute a prefix under every transformers version
+the ``hf`` extra admits. Padding is refused: a recurrent state has no way to skip pad tokens, so prompts
+of a batch must have the same length.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +63,35 @@ class SeqMixConfig(PretrainedConfig):
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS},
                            tie_embeddings=bool(self.tie_word_embeddings))
+
+
+@dataclass
+class GenerationState:
+    """The recurrent ``state`` of a batch after it has consumed ``tokens`` [B, n] (from the zero state)."""
+
+    state: list
+    tokens: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> "GenerationState":
+        """Rows ``index`` of the batch (beam reordering)."""
+        index = index.to(self.tokens.device)
+        return GenerationState(select_batch(self.state, index), self.tokens.index_select(0, index))
+
+    def aligned_to(self, input_ids: torch.Tensor) -> "GenerationState | None":
+        """This state with row i holding a row whose tokens are a proper prefix of ``input_ids[i]``, or None.
+
+        Rows with the same history have the same state, so a beam reordering that transformers did not apply
+        to the state is recovered exactly by matching histories."""
+        n = self.tokens.shape[1]
+        if n >= input_ids.shape[1]:
+            return None  # nothing left to feed: the logits of the last token are not in the state
+        prefix = input_ids[:, :n]
+        if prefix.shape == self.tokens.shape and torch.equal(prefix, self.tokens):
+            return self
+        match = (prefix.unsqueeze(1) == self.tokens.unsqueeze(0)).all(-1)  # [B_now, B_state]
+        if not bool(match.any(1).all()):
+            return None
+        return self.select(match.int().argmax(1))
 
 
 @dataclass
@@ -120,6 +154,9 @@ class SeqMixForCausalLM(PreTrainedModel, GenerationMixin):
             state = self.model.init_state(input_ids.shape[0])
         if state is None:
             logits = self.model(input_ids)
+        elif isinstance(state, GenerationState):
+            logits, new_state = self.model(input_ids, state=state.state)
+            state = GenerationState(new_state, torch.cat([state.tokens, input_ids], dim=1))
         else:
             logits, state = self.model(input_ids, state=state)
         loss = None
@@ -135,20 +172,28 @@ class SeqMixForCausalLM(PreTrainedModel, GenerationMixin):
         return False  # our cache is `state`; no transformers Cache object is made for it
 
     def prepare_inputs_for_generation(self, input_ids, state=None, use_cache=None, attention_mask=None, **kwargs):
-        if state is not None:  # everything before the last token is already in the state
-            input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, "state": state, "use_cache": use_cache is not False,
-                "attention_mask": attention_mask if state is None else None}
+        """Only the tokens the state has not consumed: the prompt once, then the last sampled token."""
+        if use_cache is False:
+            return {"input_ids": input_ids, "use_cache": False, "attention_mask": attention_mask}
+        aligned = None if state is None else state.aligned_to(input_ids)
+        if aligned is None:
+            if state is not None:
+                warnings.warn("SeqMixForCausalLM.generate: the recurrent state does not continue these tokens; "
+                              "recomputing from the start", RuntimeWarning, stacklevel=2)
+            aligned = GenerationState(self.model.init_state(input_ids.shape[0]), input_ids[:, :0])
+        consumed = aligned.tokens.shape[1]
+        return {"input_ids": input_ids[:, consumed:], "state": aligned, "use_cache": True,
+                "attention_mask": attention_mask if consumed == 0 else None}
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """transformers' own update, plus the state that the forward returned."""
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        model_kwargs["state"] = getattr(outputs, "state", None)
+        return model_kwargs
 
     def _reorder_cache(self, state, beam_idx):
-        return select_batch(state, beam_idx.to(self.device))
-
-    def generate(self, *args, **kwargs):
-        config = kwargs.get("generation_config") or self.generation_config
-        if TRANSFORMERS_MAJOR < 5 and kwargs.get("num_beams", config.num_beams) > 1:
-            raise ValueError("SeqMixForCausalLM: beam search needs transformers >= 5 (4.x does not reorder a "
-                             "recurrent `state` between beams)")
-        return super().generate(*args, **kwargs)
+        """Beam search's reordering, where transformers applies it (``aligned_to`` covers where it does not)."""
+        return state.select(beam_idx) if isinstance(state, GenerationState) else select_batch(state, beam_idx)
 
 
 AutoConfig.register("seqmix", SeqMixConfig, exist_ok=True)

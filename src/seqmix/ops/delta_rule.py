@@ -7,8 +7,14 @@ written in RWKV-7's value-by-key layout this is S_t = S_{t-1}(diag(w_t) + a_t b_
 paper, Peng et al. 2025, §4). Note a_tᵀ reads the state *before* decay. Special cases:
 
 * RWKV-7: a = -κ̂, b = κ̂ ⊙ α (κ̂ the normalised removal key, α the in-context learning rate);
-* DeltaNet (Schlag et al. 2021; Yang et al. 2024): log_w = None, a = -k, b = β k, v ← β v;
-* gated DeltaNet: the same with a scalar log_w per head.
+* DeltaNet (Schlag et al. 2021; Yang et al. 2024), S_t = (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ:
+  log_w = None, a = -k, b = β k, v ← β v;
+* gated DeltaNet (Yang, Kautz, Hatamizadeh 2025), S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ with
+  α_t = e^{g_t} one scalar per head: log_w = g, a = -k, b = e^{g} β k, v ← β v. Because a reads the state
+  before the decay, b must carry the decay: b = β k would give α_t S_{t-1} - β_t k_t k_tᵀ S_{t-1} instead;
+* Kimi Delta Attention, S_t = (I - β_t k_t k_tᵀ) diag(α_t) S_{t-1} + β_t k_t v_tᵀ with a per-channel α_t:
+  log_w = log α (per channel), a = -α ⊙ k, b = β k, v ← β v (here the decay is applied before the read, so
+  it goes into a).
 
 Shapes: q, k, a, b ``[B, H, T, Dk]``, v ``[B, H, T, Dv]``, log_w ``None`` (no decay), ``[B, H, T]`` (one per
 head) or ``[B, H, T, Dk]`` (per key channel). Output ``[B, H, T, Dv]``.
