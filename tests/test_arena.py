@@ -5,10 +5,11 @@ import math
 import pytest
 
 from seqmix.arena import cells
+from seqmix.arena.claims import CLAIMS, VERDICTS, judge_all
 from seqmix.arena.report import SECTIONS
 from seqmix.cli import main
 
-ARCHS = "attention,gla"
+ARCHS = "attention,gla,ttt_linear"
 
 
 def _numbers(obj, path="results"):
@@ -35,17 +36,23 @@ def test_micro_arena_writes_every_section_and_plot(arena_run):
     report = (arena_run / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in report, f"report lacks section {section!r}"
-    for word in ("bits per byte", "MQAR", "Decode latency", "Loss by position"):
+    assert report.index("## Claims") < report.index("## Setup")  # the claims table opens the report
+    for word in ("bits per byte", "MQAR", "Decode latency", "Loss by position", "Wilson"):
         assert word.lower() in report.lower()
-    for png in ("training_loss.png", "loss_by_position.png", "recall.png", "prefill.png", "decode.png"):
+    for png in ("training_loss.png", "language_modelling.png", "loss_by_position.png", "recall.png", "prefill.png",
+                "decode.png", "prompt_order.png", "ttt_ablation.png", "generation.png"):
         assert (arena_run / png).stat().st_size > 1000
 
 
 def test_micro_arena_results_are_finite_and_complete(arena_run):
     results = json.loads((arena_run / "results.json").read_text())
-    assert {r["arch"] for r in results["lm"]} == set(ARCHS.split(","))
-    assert {r["arch"] for r in results["speed"]} == set(ARCHS.split(","))
-    assert results["recall"] and results["meta"]["commit"]
+    archs = set(ARCHS.split(","))
+    assert {r["arch"] for r in results["lm"]} == archs
+    assert {(r["arch"], r["seed"]) for r in results["lm"]} == {(a, s) for a in archs for s in (0, 1)}
+    assert {r["arch"] for r in results["speed"] if r["kind"] == "context"} == archs
+    assert {r["round"] for r in results["speed"] if r["kind"] == "context"} == {0, 1}
+    assert results["recall"] and results["prompt_order"] and results["kan"] and results["theory"]
+    assert results["meta"]["commit"]
     numbers = list(_numbers(results))
     assert len(numbers) > 100
     bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
@@ -53,6 +60,25 @@ def test_micro_arena_results_are_finite_and_complete(arena_run):
     for r in results["lm"]:
         assert 0 < r["val_bpb"] < 9 and r["params"] > 0
         assert r["position"]["positions"][-1] == 64  # micro's eval_len
+
+
+def test_every_claim_is_judged_and_the_report_shows_the_computed_verdicts(arena_run):
+    results = json.loads((arena_run / "results.json").read_text())
+    assert [row["id"] for row in results["claims"]] == [c.id for c in CLAIMS]
+    assert {row["verdict"] for row in results["claims"]} <= set(VERDICTS)
+    assert judge_all(results) == results["claims"]  # recomputed from the stored numbers: the same verdicts
+    report = (arena_run / "report.md").read_text()
+    for row in results["claims"]:
+        assert f"| {row['id']} | {row['claim']} |" in report and f"**{row['verdict']}**" in report
+
+
+def test_the_default_ttt_variant_is_the_language_model_itself(arena_run):
+    results = json.loads((arena_run / "results.json").read_text())
+    lm = {r["seed"]: r for r in results["lm"] if r["arch"] == "ttt_linear"}
+    b16 = {r["seed"]: r for r in results["ttt"] if r["variant"] == "mamba b=16"}
+    assert set(b16) == set(lm) and all(b16[s]["val_bpb"] == lm[s]["val_bpb"] for s in lm)
+    lm_files = list((arena_run / "cells").glob("lm-ttt_linear-s0-*.json"))
+    assert len(lm_files) == 4  # the default, b = 4, b = T and the Transformer backbone; no second b = 16 cell
 
 
 def test_rerun_recomputes_nothing_and_report_only_renders(arena_run, monkeypatch, capsys):

@@ -156,12 +156,12 @@ B, T = 2, 23
 CU = torch.tensor([0, 5, 6, 17, 23, 30, 46])  # a one-token document; 23 is also the row end; 23..30 in row 2
 
 
-@pytest.mark.parametrize("mixer", available_mixers())
-def test_packed_documents_are_isolated_for_every_mixer(mixer):
+@pytest.mark.parametrize("mixer, mixer_conv", [(m, 0) for m in available_mixers()] + [("gla", 3), ("attention", 3)])
+def test_packed_documents_are_isolated_for_every_mixer(mixer, mixer_conv):
     """Packed logits equal each document run alone, in the chunked form and one token at a time through the
-    state (float64); changing one document changes no logit of another."""
+    state (float64); changing one document changes no logit of another. Also with a short conv before the mixer."""
     torch.manual_seed(0)
-    model = SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2)).double().eval()
+    model = SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, mixer_conv=mixer_conv)).double().eval()
     tokens = torch.randint(0, 256, (B, T))
     with torch.no_grad():
         packed = model(tokens, cu_seqlens=CU).reshape(B * T, -1)

@@ -10,6 +10,16 @@ def test_any_split_invariant_every_mixer(mixer):
     assert_any_split(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2))
 
 
+@pytest.mark.parametrize("mixer", ["attention", "gla", "mamba", "rwkv7"])
+def test_any_split_with_a_short_conv_before_the_mixer(mixer):
+    config = ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, ffn="none", mixer_conv=3,
+                         tie_embeddings=False)
+    assert_any_split(config)
+    model = SeqMixLM(config)
+    assert model.init_state(2)[0]["conv"].shape == (2, 2, 32)  # the last K - 1 = 2 inputs of the conv
+    assert sum(p.numel() for p in model.blocks[0].conv.parameters()) == 32 * 3 + 32
+
+
 def test_public_api_and_shapes():
     model = SeqMixLM(ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=4))
     tokens = torch.randint(0, 256, (3, 11))
@@ -46,6 +56,7 @@ def test_per_layer_pattern_list_with_options():
     (dict(pattern=["gla"], n_layers=2), "has 1 entries"),
     (dict(pattern=["gla", "gla"], n_layers=2, mixer_options={"mamba": {}}), "key options by mixer name"),
     (dict(mixer="attention", mixer_options={"window": 0}), "window=0"),
+    (dict(mixer_conv=-1), "mixer_conv=-1"),
 ])
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError) as err:

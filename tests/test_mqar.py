@@ -41,3 +41,27 @@ def test_recall_accuracy_counts_only_labelled_positions():
     logits[0, 3, 2] = 1  # wrong
     logits[0, 0, 9] = 1  # unlabelled, ignored
     assert recall_accuracy(logits, labels) == 0.5
+
+
+def test_prompt_order_layouts_differ_only_in_the_prefix():
+    from seqmix.data.mqar import prompt_order_recall
+
+    after, y_after = prompt_order_recall(128, 20, num_kv_pairs=8, num_queries=2, seed=4, announce=False)
+    first, y_first = prompt_order_recall(128, 20, num_kv_pairs=8, num_queries=2, seed=4, announce=True)
+    assert after.shape == first.shape == (20, 2 + 16 + 2)
+    assert torch.equal(after[:, 2:], first[:, 2:]) and torch.equal(y_after, y_first)
+    assert bool((after[:, :2] == 0).all()) and torch.equal(first[:, :2], first[:, -2:])  # the asked keys, in order
+    for x, y in zip(first, y_first):
+        pairs = {int(x[2 + 2 * j]): int(x[3 + 2 * j]) for j in range(8)}
+        assert len(pairs) == 8 and all(1 <= k < 64 for k in pairs) and all(64 <= v < 128 for v in pairs.values())
+        assert [pairs[int(k)] for k in x[-2:]] == y[-2:].tolist() and bool((y[:-2] == IGNORE).all())
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(num_queries=9), "num_queries=9"),
+                                             (dict(num_kv_pairs=64, num_queries=2), "distinct keys")])
+def test_prompt_order_rejects_impossible_settings(kwargs, message):
+    from seqmix.data.mqar import prompt_order_recall
+
+    args = {"num_kv_pairs": 8, "num_queries": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        prompt_order_recall(128, 4, seed=0, announce=True, **args)

@@ -51,7 +51,7 @@ class Timing:
         return q[0], q[2]
 
 
-def _time_once(fn: Callable[[], object], min_time: float) -> float:
+def time_block(fn: Callable[[], object], min_time: float) -> float:
     """Mean seconds per call over a block of calls lasting at least `min_time`."""
     calls, start = 0, time.perf_counter()
     while True:
@@ -73,7 +73,7 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 
     own0 = _own_ticks()
     for _ in range(rounds):
         for name, fn in candidates.items():
-            results[name].samples.append(_time_once(fn, min_time))
+            results[name].samples.append(time_block(fn, min_time))
     busy1, total1 = _cpu_ticks()
     others = max(0, (busy1 - busy0) - (_own_ticks() - own0))
     share = others / (total1 - total0) if total1 > total0 else 0.0

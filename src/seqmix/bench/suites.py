@@ -129,6 +129,7 @@ def ttt_forms_suite(mixer_name: str, L: int, d_model: int, n_heads: int, options
     for name, t in timings.items():
         rows.append({"suite": "ttt_forms", "mixer": mixer_name, "form": name, "L": L, "seconds": t.median,
                      "iqr": t.spread, "us_per_token": 1e6 * t.median / L, "vs_dual": t.median / dual,
+                     "round_seconds": list(t.samples),
                      "other_cpu": t.other_cpu_share})
         if progress:
             progress(rows[-1])

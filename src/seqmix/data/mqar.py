@@ -60,3 +60,38 @@ def recall_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Exact-match accuracy of argmax predictions over labelled positions."""
     mask = labels != IGNORE
     return (logits.argmax(-1)[mask] == labels[mask]).float().mean().item()
+
+
+def prompt_order_recall(vocab_size: int, num_examples: int, num_kv_pairs: int, num_queries: int, seed: int,
+                        announce: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recall where the question may come first (the prompt-order study of RWKV-4's paper, §9, and "Just read
+    twice", Arora et al. 2024), as a synthetic task.
+
+    Each example holds ``num_kv_pairs`` key-value pairs of which ``num_queries`` are asked, in three parts
+    of fixed length, so the two layouts differ in nothing but what the prefix says:
+
+        [prefix: num_queries tokens] [k1 v1 ... kN vN] [q1 q2 ... qQ]
+
+    With ``announce`` the prefix lists the queried keys (in the order they will be asked); without it, the
+    prefix is the blank token 0. Labels: the value of each query key at its position, -100 elsewhere. Keys
+    come from [1, V/2), values from [V/2, V). The same seed gives the same pairs and queries in both layouts.
+    Returns (inputs, labels), int64 [num_examples, 2·num_queries + 2·num_kv_pairs].
+    """
+    if not 1 <= num_queries <= num_kv_pairs:
+        raise ValueError(f"prompt_order_recall: num_queries={num_queries} must be in 1..num_kv_pairs={num_kv_pairs}")
+    if num_kv_pairs >= vocab_size // 2:
+        raise ValueError(f"prompt_order_recall: {num_kv_pairs} distinct keys need vocab_size > {2 * num_kv_pairs + 1}")
+    rng = np.random.default_rng(seed)
+    half = vocab_size // 2
+    keys = np.stack([rng.choice(np.arange(1, half), num_kv_pairs, replace=False) for _ in range(num_examples)])
+    values = np.stack([rng.choice(np.arange(half, vocab_size), num_kv_pairs, replace=False)
+                       for _ in range(num_examples)])
+    asked = np.stack([rng.choice(num_kv_pairs, num_queries, replace=False) for _ in range(num_examples)])
+    query_keys = np.take_along_axis(keys, asked, axis=1)
+    context = np.zeros((num_examples, 2 * num_kv_pairs), dtype=np.int64)
+    context[:, 0::2], context[:, 1::2] = keys, values
+    prefix = query_keys if announce else np.zeros_like(query_keys)
+    inputs = np.concatenate([prefix, context, query_keys], axis=1)
+    labels = np.full_like(inputs, IGNORE)
+    labels[:, -num_queries:] = np.take_along_axis(values, asked, axis=1)
+    return torch.tensor(inputs, dtype=torch.long), torch.tensor(labels, dtype=torch.long)

@@ -45,6 +45,8 @@ class ModelConfig(DictConfig):
     * ``norm``: "rmsnorm" or "layernorm" for every norm of the model (blocks, final, embedding norm), with
       ``norm_eps``; ``final_norm_eps`` sets the final norm's eps alone (None = ``norm_eps``).
     * ``embed_norm``: normalise the embeddings before the first block (RWKV's ln0).
+    * ``mixer_conv``: kernel size of a causal depthwise convolution on every mixer's input, x + mixer(conv(norm
+      x)) (Zoology's convention for recall experiments pairs every mixer with a kernel-3 one); 0 = none.
     """
 
     mixer: str = "attention"
@@ -61,10 +63,13 @@ class ModelConfig(DictConfig):
     norm: str = "rmsnorm"
     embed_norm: bool = False
     final_norm_eps: float | None = None
+    mixer_conv: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads"):
             _positive_int(name, getattr(self, name))
+        if self.mixer_conv != 0:
+            _positive_int("mixer_conv", self.mixer_conv)
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.ffn != "none" and self.ffn not in FFNS.names():

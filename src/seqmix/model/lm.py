@@ -6,13 +6,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from seqmix.ffn import FFNS
-from seqmix.layers import make_norm
+from seqmix.layers import ShortConv, make_norm
 from seqmix.mixers import MIXERS
 from seqmix.model.config import ModelConfig
 
 
 class Block(nn.Module):
     """x + mixer(norm x), then x + ffn(norm x); the norm is ``ModelConfig.norm``.
+
+    With ``mixer_conv = K > 0``, x + mixer(conv(norm x)): a causal depthwise convolution of kernel K (its tail
+    is part of the block's state) gives every mixer the last K tokens, as in Zoology's recall experiments.
 
     No FFN (``ffn=None``, ``ModelConfig(ffn="none")``): x + mixer(norm x) only. A mixer whose
     ``normalizes_input`` is True reads x itself (it holds its own norms) and gets no norm here.
@@ -22,29 +25,43 @@ class Block(nn.Module):
     have no bf16 CPU kernel); the FFN and the head, most of the matmul work, still run in bf16.
     """
 
-    def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, eps: float, norm: str = "rmsnorm"):
+    def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, eps: float, norm: str = "rmsnorm",
+                 mixer_conv: int = 0):
         super().__init__()
         self.norm1 = nn.Identity() if mixer.normalizes_input else make_norm(norm, d_model, eps)
+        self.conv = ShortConv(d_model, mixer_conv) if mixer_conv else None
         self.mixer = mixer
         self.norm2 = None if ffn is None else make_norm(norm, d_model, eps)
         self.ffn = ffn
 
     def init_state(self, batch_size: int) -> dict:
-        return {"mixer": self.mixer.init_state(batch_size),
-                "ffn": {} if self.ffn is None else self.ffn.init_state(batch_size)}
+        state = {"mixer": self.mixer.init_state(batch_size),
+                 "ffn": {} if self.ffn is None else self.ffn.init_state(batch_size)}
+        if self.conv is not None:
+            state["conv"] = self.conv.init_state(batch_size)
+        return state
 
     def forward(self, x, state=None, shared=None):
         h = self.norm1(x)
+        conv_tail = None
+        if self.conv is not None:
+            h, conv_tail = self.conv(h, None if state is None else state["conv"])
         if torch.is_autocast_enabled(h.device.type):
             with torch.autocast(h.device.type, enabled=False):
                 h, mixer_state = self.mixer(h.float(), None if state is None else state["mixer"], shared)
         else:
             h, mixer_state = self.mixer(h, None if state is None else state["mixer"], shared)
         x = x + h
-        if self.ffn is None:
-            return x, (None if state is None else {"mixer": mixer_state, "ffn": {}})
-        h, ffn_state = self.ffn(self.norm2(x), None if state is None else state["ffn"])
-        return x + h, (None if state is None else {"mixer": mixer_state, "ffn": ffn_state})
+        ffn_state = {}
+        if self.ffn is not None:
+            h, ffn_state = self.ffn(self.norm2(x), None if state is None else state["ffn"])
+            x = x + h
+        if state is None:
+            return x, None
+        new_state = {"mixer": mixer_state, "ffn": ffn_state}
+        if self.conv is not None:
+            new_state["conv"] = conv_tail
+        return x, new_state
 
 
 class SeqMixLM(nn.Module):
@@ -74,7 +91,7 @@ class SeqMixLM(nn.Module):
             mixer = MIXERS.build(spec.mixer, c.d_model, c.n_heads, options=spec.options, layer_idx=i, n_layers=c.n_layers)
             ffn = None if c.ffn == "none" else FFNS.build(c.ffn, c.d_model, options=c.ffn_options, layer_idx=i,
                                                           n_layers=c.n_layers)
-            blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm))
+            blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm, c.mixer_conv))
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.embed_norm else None
