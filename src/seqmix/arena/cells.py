@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from seqmix.arena.plan import Arch
 from seqmix.arena.presets import KANSettings, LMSettings, PromptOrderSettings, RecallSettings, SpeedSettings
 from seqmix.arena.recall import RecallData, train_recall
-from seqmix.bench.harness import time_interleaved
 from seqmix.bench.kan_vs_mlp import count_parameters, matched_mlp
 from seqmix.bench.suites import ttt_forms_suite
 from seqmix.data import load_corpus
