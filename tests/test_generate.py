@@ -65,3 +65,14 @@ def test_cli_generate_smoke(tmp_path, capsys):
     first = capsys.readouterr().out
     assert main(argv) == 0
     assert first.startswith("ROMEO.") and capsys.readouterr().out == first
+
+
+def test_sample_reports_its_prefill_and_decode_time_without_changing_the_tokens():
+    torch.manual_seed(0)
+    model = SeqMixLM(ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=2))
+    prompt = torch.randint(0, 256, (2, 9))
+    timings = {}
+    timed = sample(model, prompt, 5, temperature=0, timings=timings)
+    assert torch.equal(timed, sample(model, prompt, 5, temperature=0))
+    assert set(timings) == {"prefill_seconds", "decode_seconds"}
+    assert timings["prefill_seconds"] > 0 and timings["decode_seconds"] > 0

@@ -80,7 +80,7 @@ class SpeedSettings:
     generation_archs: tuple[str, ...] = ("mamba", "attention")  # generation throughput through `sample`
     generation_batches: tuple[int, ...] = (1, 16)
     generation_context: int = 1024
-    generation_tokens: int = 16
+    generation_tokens: int = 64
     forms_length: int = 2048  # TTT dual vs primal, one TTT-Linear layer
     forms_d_model: int = 256
     forms_heads: int = 4
@@ -156,8 +156,8 @@ PRESETS = {
         PromptOrderSettings(archs=("attention", "gla"), width=32, num_kv_pairs=8, num_queries=2, vocab_size=128,
                             n_layers=2, train_examples=20_000, val_examples=500, test_examples=1000, batch_size=64,
                             lrs=(1e-2,), probe_steps=1000, max_steps=1000, eval_every=100),
-        SpeedSettings(lengths=(512, 2048, 8192), max_seconds=8.0, min_time=0.05,
-                      rounds=3, entrants=CLAIM_ENTRANTS + ("gla", "mamba2", "rwkv7")),
+        SpeedSettings(lengths=(512, 2048, 8192), max_seconds=8.0, min_time=0.1,
+                      rounds=5, entrants=CLAIM_ENTRANTS + ("gla", "mamba2", "rwkv7")),
         TTTAblation(mini_batch_sizes=(4, 16, "T"), backbones=("mamba", "transformer")),
         KANSettings(n_inputs=4, hidden=16, train_samples=2048, epochs=8, batch_size=64, seeds=3),
         "2 CPU cores, at most 20 minutes",

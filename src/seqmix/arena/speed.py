@@ -11,8 +11,8 @@ the arena repeats rounds across its whole speed section, so the spread over roun
 drift between minutes, not only between calls.
 
 ``generation``: tokens per second of ``seqmix.model.generate.sample`` (the public decoding path) at several
-batch sizes after a prompt of ``context`` tokens: the prefill alone (``max_new_tokens=1``) and prefill plus
-``new_tokens`` tokens are timed, and the generation rate is the difference's tokens over its seconds.
+batch sizes after a prompt of ``context`` tokens, from the time ``sample`` itself reports for the tokens after
+the prefill.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def measure(config: dict, lengths: list[int], max_seconds: float, threads: int, 
 
 def generation(config: dict, batches: list[int], context: int, new_tokens: int, threads: int,
                min_time: float = 0.2) -> dict:
-    """Generation tokens/s of `sample` at each batch size (see the module docstring)."""
+    """Generated tokens/s of `sample` at each batch size: its own timing of the tokens after the prefill, summed
+    over calls until at least `min_time` of decoding is timed."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = SeqMixLM(ModelConfig.from_dict(config)).eval()
@@ -77,10 +78,15 @@ def generation(config: dict, batches: list[int], context: int, new_tokens: int, 
     for batch in batches:
         prompt = torch.randint(0, model.config.vocab_size, (batch, context))
         sample(model, prompt, 2, temperature=0)  # warm-up
-        prefill = time_block(lambda: sample(model, prompt, 1, temperature=0), min_time)
-        whole = time_block(lambda: sample(model, prompt, new_tokens + 1, temperature=0), min_time)
-        rows.append({"batch": batch, "context": context, "new_tokens": new_tokens, "prefill_seconds": prefill,
-                     "seconds": whole, "tokens_per_s": batch * new_tokens / max(whole - prefill, 1e-9)})
+        prefill = decode = 0.0
+        calls = 0
+        while decode < min_time:
+            timings = {}
+            sample(model, prompt, new_tokens, temperature=0, timings=timings)
+            prefill, decode, calls = prefill + timings["prefill_seconds"], decode + timings["decode_seconds"], calls + 1
+        rows.append({"batch": batch, "context": context, "new_tokens": new_tokens, "calls": calls,
+                     "prefill_seconds": prefill / calls, "decode_seconds": decode / calls,
+                     "tokens_per_s": batch * new_tokens * calls / decode})
     return {"params": model.num_parameters(), "batches": rows}
 
 
