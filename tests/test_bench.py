@@ -52,3 +52,17 @@ def test_official_ttt_comparison_explains_a_bad_checkout(tmp_path, capsys):
     (tmp_path / "ttt.py").write_text("from transformers import SomethingRemovedInV5\n")
     assert main(["bench", "--suite", "ttt", "--ttt-official", str(tmp_path)]) == 2
     assert "needs transformers 4.44" in capsys.readouterr().err
+
+
+def test_fastest_block_ignores_a_block_slowed_by_interference():
+    import time
+
+    from seqmix.bench.harness import fastest_block, time_block
+    delays = iter([0.05])
+
+    def call():  # the first call is held up (as by another process), the rest are fast
+        time.sleep(next(delays, 0.001))
+
+    assert fastest_block(call, min_time=0.03, blocks=3) < 0.01
+    delays = iter([0.05])
+    assert time_block(call, min_time=0.03) >= 0.05  # one block would have reported the interference

@@ -6,8 +6,9 @@ state read per decoded token); the process's peak resident memory after each L (
 entrant makes the high-water mark meaningful); the recurrent state's size. Training throughput is the
 language-modelling section's (measured over whole training runs).
 
-One call is one round: every figure is timed once here (a block of calls lasting at least ``min_time``), and
-the arena repeats rounds across its whole speed section, so the spread over rounds includes the machine's
+One call is one round: every figure is timed once here, as the fastest of three blocks of calls lasting
+``min_time`` together (a prefill longer than ``min_time`` is the faster of two calls after the untimed
+first), and the arena repeats rounds across its whole speed section, so the spread over rounds includes the machine's
 drift between minutes, not only between calls.
 
 ``generation``: tokens per second of ``seqmix.model.generate.sample`` (the public decoding path) at several
@@ -23,7 +24,7 @@ import time
 
 import torch
 
-from seqmix.bench.harness import measure_roofline, time_block
+from seqmix.bench.harness import fastest_block, measure_roofline
 from seqmix.bench.suites import state_bytes
 from seqmix.model import ModelConfig, SeqMixLM
 from seqmix.model.generate import sample
@@ -47,14 +48,19 @@ def measure(config: dict, lengths: list[int], max_seconds: float, threads: int, 
     with torch.no_grad():
         for L in lengths:
             tokens = torch.randint(0, vocab, (1, L))
+            last = {}
+
+            def prefill_call():
+                last["state"] = model(tokens, state=model.init_state(1))[1]
+
             start = time.perf_counter()
-            _, state = model(tokens, state=model.init_state(1))
-            prefill = time.perf_counter() - start
-            if prefill < min_time:  # short: time a block of calls (the first one above was the warm-up)
-                prefill = time_block(lambda: model(tokens, state=model.init_state(1)), min_time)
+            prefill_call()  # warm-up at this length
+            long = time.perf_counter() - start >= min_time
+            prefill = fastest_block(prefill_call, 0.0 if long else min_time, blocks=2 if long else 3)
+            state = last.pop("state")
             token = tokens[:, -1:]
             model(token, state=state)  # warm-up
-            decode = time_block(lambda s=state: model(token, state=s), min_time)
+            decode = fastest_block(lambda s=state: model(token, state=s), min_time)
             nbytes = state_bytes(state) + params * 4
             result["lengths"].append({
                 "L": L, "prefill_us_per_token": 1e6 * prefill / L, "decode_us_per_token": 1e6 * decode,
@@ -69,8 +75,8 @@ def measure(config: dict, lengths: list[int], max_seconds: float, threads: int, 
 
 def generation(config: dict, batches: list[int], context: int, new_tokens: int, threads: int,
                min_time: float = 0.2) -> dict:
-    """Generated tokens/s of `sample` at each batch size: its own timing of the tokens after the prefill, summed
-    over calls until at least `min_time` of decoding is timed."""
+    """Generated tokens/s of `sample` at each batch size: its own timing of the tokens after the prefill, in the
+    fastest of at least two calls that together decode for at least `min_time`."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = SeqMixLM(ModelConfig.from_dict(config)).eval()
@@ -78,15 +84,14 @@ def generation(config: dict, batches: list[int], context: int, new_tokens: int, 
     for batch in batches:
         prompt = torch.randint(0, model.config.vocab_size, (batch, context))
         sample(model, prompt, 2, temperature=0)  # warm-up
-        prefill = decode = 0.0
-        calls = 0
-        while decode < min_time:
+        calls = []  # (prefill, decode) seconds of each call
+        while len(calls) < 2 or sum(decode for _, decode in calls) < min_time:
             timings = {}
             sample(model, prompt, new_tokens, temperature=0, timings=timings)
-            prefill, decode, calls = prefill + timings["prefill_seconds"], decode + timings["decode_seconds"], calls + 1
-        rows.append({"batch": batch, "context": context, "new_tokens": new_tokens, "calls": calls,
-                     "prefill_seconds": prefill / calls, "decode_seconds": decode / calls,
-                     "tokens_per_s": batch * new_tokens * calls / decode})
+            calls.append((timings["prefill_seconds"], timings["decode_seconds"]))
+        prefill, decode = min(p for p, _ in calls), min(d for _, d in calls)
+        rows.append({"batch": batch, "context": context, "new_tokens": new_tokens, "calls": len(calls),
+                     "prefill_seconds": prefill, "decode_seconds": decode, "tokens_per_s": batch * new_tokens / decode})
     return {"params": model.num_parameters(), "batches": rows}
 
 

@@ -62,6 +62,15 @@ def time_block(fn: Callable[[], object], min_time: float) -> float:
             return elapsed / calls
 
 
+def fastest_block(fn: Callable[[], object], min_time: float, blocks: int = 3) -> float:
+    """Seconds per call of the fastest of `blocks` blocks lasting at least `min_time / blocks` each.
+
+    On a shared machine, interference only ever adds time, so the fastest block is the steadiest estimate of
+    what the code costs; the arena's spread over rounds then shows the drift that is left.
+    """
+    return min(time_block(fn, min_time / blocks) for _ in range(blocks))
+
+
 def time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 5, min_time: float = 0.2,
                      warmup: int = 1) -> dict[str, Timing]:
     """Time candidates A B C A B C ... so slow drifts of the machine hit all of them alike."""
