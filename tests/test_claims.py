@@ -231,3 +231,35 @@ def test_missing_sections_are_not_measured():
     rows = judge_all(results(meta={}))
     assert len(rows) == len(claims.CLAIMS) and {r["verdict"] for r in rows} == {NOT_MEASURED}
     assert all(r["measurement"] for r in rows)  # each says what is missing
+
+
+def test_two_runs_agree_when_each_median_is_inside_the_other_range(capsys, tmp_path):
+    import json
+
+    from seqmix.arena import repeat
+    state = {512: 0.1, 8192: 0.1}
+    a = results(speed=speed_cells("gla", {512: [10, 11, 12], 8192: [10, 12, 14]}, {512: [5, 6, 7], 8192: [5, 6, 7]},
+                                  state))
+    b = results(speed=speed_cells("gla", {512: [10.5, 11, 11.5], 8192: [13, 15, 16]},
+                                  {512: [5, 6, 7], 8192: [5, 6, 7]}, state))
+    total, outside = repeat.compare(a, b)
+    assert total == 4
+    assert [d.figure for d in outside] == ["gla prefill L=8192"]  # b's median 15 lies above a's range 10–14
+    paths = []
+    for name, res in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(res))
+    assert repeat.main([str(p) for p in paths]) == 0
+    assert capsys.readouterr().out.startswith("3/4 speed figures agree")
+
+
+def test_machine_drift_widens_absolute_figures_by_how_far_the_machine_strayed():
+    from seqmix.arena.stats import MachineDrift
+    drift = MachineDrift.of({"matmul_gflops": [90, 100, 100, 110], "bandwidth_gbs": [21, 20, 20]})
+    assert drift.faster == pytest.approx(100 / 110) and drift.slower == pytest.approx(100 / 90)  # bandwidth strayed less: 20 / 21, 20 / 20
+    times = Spread.of([10, 11, 12])
+    assert drift.interval(times) == pytest.approx((10 * 100 / 110, 12 * 100 / 90))
+    rates = Spread.of([100, 110])  # tokens/s shrink when the machine slows
+    assert drift.interval(rates, rate=True) == pytest.approx((100 * 90 / 100, 110 * 110 / 100))
+    assert drift.covers(times, 13.0) and not drift.covers(times, 13.5)
+    assert MachineDrift().interval(times) == (10, 12)  # no references: the range over rounds

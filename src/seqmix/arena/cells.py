@@ -121,10 +121,14 @@ def _in_fresh_process(job: dict, what: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def speed_threads(ss: SpeedSettings) -> int:
+    return torch.get_num_threads() if ss.threads is None else ss.threads
+
+
 def speed_cell(arch: Arch, d_model: int, lm: LMSettings, ss: SpeedSettings, round_index: int) -> dict:
     """One timing round of one entrant, in a fresh process (so its peak memory is this model's alone)."""
     job = {"kind": "speed", "config": arch.config(d_model, lm.n_layers, lm.n_heads).to_dict(),
-           "lengths": list(ss.lengths), "max_seconds": ss.max_seconds, "threads": torch.get_num_threads(),
+           "lengths": list(ss.lengths), "max_seconds": ss.max_seconds, "threads": speed_threads(ss),
            "min_time": ss.min_time}
     return {"arch": arch.name, "d_model": d_model, "round": round_index,
             **_in_fresh_process(job, f"speed measurement of {arch.name}")}
@@ -134,15 +138,20 @@ def generation_cell(arch: Arch, d_model: int, lm: LMSettings, ss: SpeedSettings,
     """Generation throughput through `seqmix.model.generate.sample` at every batch size, in a fresh process."""
     job = {"kind": "generation", "config": arch.config(d_model, lm.n_layers, lm.n_heads).to_dict(),
            "batches": list(ss.generation_batches), "context": ss.generation_context,
-           "new_tokens": ss.generation_tokens, "threads": torch.get_num_threads(), "min_time": ss.min_time}
+           "new_tokens": ss.generation_tokens, "threads": speed_threads(ss), "min_time": ss.min_time}
     return {"arch": arch.name, "d_model": d_model, "round": round_index,
             **_in_fresh_process(job, f"generation throughput of {arch.name}")}
 
 
 def ttt_forms_cell(ss: SpeedSettings) -> dict:
     """TTT-Linear's inner loop in its dual form against the primal forms, in interleaved rounds."""
-    rows = ttt_forms_suite("ttt_linear", ss.forms_length, ss.forms_d_model, ss.forms_heads, {},
-                           rounds=ss.forms_rounds, min_time=ss.forms_min_time)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(speed_threads(ss))
+    try:
+        rows = ttt_forms_suite("ttt_linear", ss.forms_length, ss.forms_d_model, ss.forms_heads, {},
+                               rounds=ss.forms_rounds, min_time=ss.forms_min_time)
+    finally:
+        torch.set_num_threads(threads)
     return {"L": ss.forms_length, "d_model": ss.forms_d_model, "n_heads": ss.forms_heads,
             "forms": {r["form"]: r["round_seconds"] for r in rows}}
 

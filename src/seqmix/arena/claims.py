@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from seqmix.arena.stats import Spread, accuracy_spread, order, paired_ratio
+from seqmix.arena.stats import MachineDrift, Spread, accuracy_spread, order, paired_ratio
 
 REPRODUCED = "reproduced"
 NOT_AT_SCALE = "not reproduced at this scale"
@@ -86,6 +86,16 @@ def context_speed(results: dict) -> dict[str, ContextSpeed]:
             L: {"prefill": Spread.of(v["prefill"]), "decode": Spread.of(v["decode"]), "state_mib": max(v["state_mib"])}
             for L, v in sorted(by_L.items()) if len(v["prefill"]) == n})
     return out
+
+
+def machine_drift(results: dict) -> MachineDrift:
+    """The machine's drift over the speed section, from the references every context cell measured first."""
+    references = defaultdict(list)
+    for cell in results.get("speed", []):
+        if cell.get("kind") == "context" and "roofline" in cell:
+            for key in ("matmul_gflops", "bandwidth_gbs"):
+                references[key].append(cell["roofline"][key])
+    return MachineDrift.of(references)
 
 
 def generation_speed(results: dict) -> dict[str, dict[int, Spread]]:

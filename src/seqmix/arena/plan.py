@@ -5,8 +5,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import torch
-
 from seqmix.mixers import available_mixers
 from seqmix.model import PATTERNS, ModelConfig, SeqMixLM
 
@@ -178,7 +176,8 @@ class Plan:
         if "theory" in sections:
             self._add("theory", "theorem1", {"version": 1}, lambda progress, workdir: cells.theorem1_cell())
         if "speed" in sections:
-            ss, threads = preset.speed, torch.get_num_threads()
+            ss = preset.speed
+            threads = cells.speed_threads(ss)
             self._add("speed", "ttt-forms", {"speed": asdict(ss), "threads": threads},
                       lambda progress, workdir: cells.ttt_forms_cell(ss), {"kind": "ttt_forms"})
             generation = [by_name[n] for n in ss.generation_archs if n in by_name]

@@ -75,8 +75,9 @@ class PromptOrderSettings:
 class SpeedSettings:
     lengths: tuple[int, ...]  # prefill and decode contexts
     max_seconds: float  # stop growing L for an entrant once one prefill takes longer than this
-    min_time: float  # seconds per timed block
+    min_time: float  # seconds of timed calls per figure and round (split into three blocks, the fastest kept)
     rounds: int  # every entrant is timed once per round; rounds run one after another across the section
+    threads: int | None = 1  # torch threads in every timing (one is steadiest on a shared machine); None: torch's
     entrants: tuple[str, ...] | None = None  # None: the language-modelling entrants
     generation_archs: tuple[str, ...] = ("mamba", "attention")  # generation throughput through `sample`
     generation_batches: tuple[int, ...] = (1, 16)
@@ -206,8 +207,8 @@ PRESETS = {
                             num_queries=8, vocab_size=8192, n_layers=2, train_examples=100_000, val_examples=1000,
                             test_examples=3000, batch_size=256, lrs=(4.6e-4, 2.2e-3), probe_steps=2000,
                             max_steps=25_000, eval_every=500),
-        SpeedSettings(lengths=(512, 2048, 8192, 32768, 131072), max_seconds=60.0, min_time=0.2, rounds=5, generation_batches=(1, 16, 64, 128),
-                      generation_context=2048, generation_tokens=128),
+        SpeedSettings(lengths=(512, 2048, 8192, 32768, 131072), max_seconds=60.0, min_time=0.2, rounds=5, threads=None,
+                      generation_batches=(1, 16, 64, 128), generation_context=2048, generation_tokens=128),
         TTTAblation(mini_batch_sizes=(1, 4, 16, 64, "T"), backbones=("mamba", "transformer")),
         KANSettings(n_inputs=4, hidden=64, train_samples=16384, epochs=20, batch_size=256, seeds=5),
         "one GPU",

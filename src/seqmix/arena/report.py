@@ -12,9 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from seqmix.arena.claims import context_speed, generation_speed, quality, recall_table  # noqa: E402
+from seqmix.arena.claims import context_speed, generation_speed, machine_drift, quality, recall_table  # noqa: E402
 from seqmix.arena.plan import FAMILIES, family  # noqa: E402
-from seqmix.arena.stats import NOISY, Spread, wilson  # noqa: E402
+from seqmix.arena.stats import NOISY, MachineDrift, Spread, wilson  # noqa: E402
 
 SECTIONS = ("Claims", "Setup", "Language modelling", "Loss by position", "Length generalisation",
             "Associative recall", "Prompt order", "Speed and memory", "TTT ablations", "KAN vs MLP", "Theorem 1")
@@ -38,11 +38,12 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _timing(s: Spread | None, digits: int = 1) -> str:
-    """A timing over rounds: median [min–max], flagged when its spread is large."""
+def _timing(s: Spread | None, digits: int = 1, drift: MachineDrift = MachineDrift(), rate: bool = False) -> str:
+    """A figure over rounds: median [stated interval] (the range over rounds widened by the machine's drift),
+    flagged when its range over rounds is large."""
     if s is None:
         return "—"
-    return s.fmt(digits) + (FLAG if s.noisy else "")
+    return drift.fmt(s, digits, rate) + (FLAG if s.noisy else "")
 
 
 def _small_multiples(path: Path, title: str, xlabel: str, ylabel: str, series: dict, logx=False, logy=False) -> str:
@@ -275,11 +276,16 @@ def _speed_section(md: list, out: Path, results: dict) -> None:
     if not cells:
         return
     ss = results["meta"]["settings"]["speed"]
-    speed = context_speed(results)
+    speed, drift = context_speed(results), machine_drift(results)
     md += ["## Speed and memory", "", f"Whole models at the language-modelling widths, batch 1 for prefill and "
-           f"decode, each entrant in a fresh process per round; {ss['rounds']} rounds, each timing every entrant "
-           f"once, one after another across the section. Figures are median [min–max] over rounds;{FLAG} marks a "
-           f"figure whose max/min − 1 exceeds {NOISY:.0%}.", ""]
+           f"decode, {ss.get('threads') or 'all'} torch thread(s), each entrant in a fresh process per round; "
+           f"{ss['rounds']} rounds, each timing every entrant once (the fastest of three timed blocks), one after "
+           f"another across the section. Figures are the median over rounds and, in brackets, the interval this "
+           f"run states for a repeat: the range over rounds widened by the machine's own drift during the "
+           f"section (every round's process first measured matmul GFLOP/s and copy GB/s; they strayed from "
+           f"their medians by factors {drift.faster:.2f}–{drift.slower:.2f} in time), which rounds inside one "
+           f"section cannot see. Ratios between entrants (the claims) are taken within a round and are not "
+           f"widened. {FLAG.strip()} marks a figure whose own max/min − 1 over rounds exceeds {NOISY:.0%}.", ""]
     context_cells = [c for c in cells if c.get("kind") == "context"]
     if context_cells:
         by_arch = defaultdict(list)
@@ -295,7 +301,7 @@ def _speed_section(md: list, out: Path, results: dict) -> None:
         for key, title in (("prefill", "Prefill time per token (µs)"),
                            ("decode", "Decode latency per token after a context of L (µs)")):
             md += ["", f"{title}:", "", _table(["architecture"] + [f"L={L}" for L in lengths],
-                                              [[a] + [_timing(s.by_length[L][key]) if L in s.by_length else "—"
+                                              [[a] + [_timing(s.by_length[L][key], drift=drift) if L in s.by_length else "—"
                                                       for L in lengths] for a, s in speed.items()])]
         md += ["", "Recurrent state / KV cache after L tokens (MiB):", "",
                _table(["architecture"] + [f"L={L}" for L in lengths],
@@ -322,7 +328,8 @@ def _speed_section(md: list, out: Path, results: dict) -> None:
         md += ["", f"Generation through `seqmix.model.generate.sample`: {ss['generation_tokens']} new tokens after "
                f"a prompt of {ss['generation_context']} tokens, generated tokens per second (prefill excluded):", "",
                _table(["architecture"] + [f"batch {b}" for b in ss["generation_batches"]],
-                      [[a] + [_timing(by.get(b), 0) for b in ss["generation_batches"]] for a, by in gen.items()])]
+                      [[a] + [_timing(by.get(b), 0, drift, rate=True) for b in ss["generation_batches"]]
+                       for a, by in gen.items()])]
         fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=110)
         for arch, by in gen.items():
             bs = sorted(by)

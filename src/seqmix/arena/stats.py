@@ -9,6 +9,10 @@ Two kinds of repeats carry the uncertainty:
 * **rounds** for speed (every entrant timed once per round, rounds interleaved across the whole section):
   the spread is the range min–max over rounds, and a figure is flagged when max/min − 1 > 30 %. Ratios of
   two entrants are taken round by round (the two timings of a round ran minutes apart at most).
+  Absolute times also carry the machine's own drift, which no number of rounds inside one section sees:
+  every round's process first measures the machine (fp32 matmul GFLOP/s and copy GB/s), and the interval
+  a table states for an absolute figure widens its range over rounds by how far those references strayed
+  from their medians during the section (``MachineDrift``). Ratios taken within a round need no widening.
 * Accuracies on a test set carry a 95 % Wilson interval over the test queries (the evaluation-window
   uncertainty; training seeds are not repeated for recall).
 """
@@ -72,6 +76,42 @@ class Spread:
         if self.n == 1:
             return _num(self.median, digits)
         return f"{_num(self.median, digits)} [{_num(self.low, digits)}–{_num(self.high, digits)}]"
+
+
+@dataclass(frozen=True)
+class MachineDrift:
+    """How far the machine's speed strayed during a speed section, as factors on a time measured at the
+    median machine speed: a time could have come out up to `slower` × (≥ 1) or `faster` × (≤ 1) as large."""
+
+    faster: float = 1.0
+    slower: float = 1.0
+
+    @classmethod
+    def of(cls, references: dict[str, list[float]]) -> "MachineDrift":
+        """From {reference: [speed measured by each process]} (higher is faster), the widest over references."""
+        faster = slower = 1.0
+        for values in references.values():
+            if values and min(values) > 0:
+                mid = statistics.median(values)
+                faster, slower = min(faster, mid / max(values)), max(slower, mid / min(values))
+        return cls(faster, slower)
+
+    def interval(self, s: Spread, rate: bool = False) -> tuple[float, float]:
+        """The stated interval of a time (or, with `rate`, of a per-second rate): the range over rounds,
+        widened by the drift."""
+        if rate:
+            return s.low / self.slower, s.high / self.faster
+        return s.low * self.faster, s.high * self.slower
+
+    def covers(self, s: Spread, value: float, rate: bool = False) -> bool:
+        low, high = self.interval(s, rate)
+        return low <= value <= high
+
+    def fmt(self, s: Spread, digits: int = 3, rate: bool = False) -> str:
+        if s.n == 1 and self.faster == self.slower == 1:
+            return _num(s.median, digits)
+        low, high = self.interval(s, rate)
+        return f"{_num(s.median, digits)} [{_num(low, digits)}–{_num(high, digits)}]"
 
 
 def _num(x: float, digits: int) -> str:

@@ -1,0 +1,71 @@
+"""Do two arena runs' speed sections agree? Each figure's median in one run against the other's range.
+
+    python -m seqmix.arena.repeat runs/a/results.json runs/b/results.json
+
+A figure (prefill or decode µs/token of one entrant at one L, or generated tokens/s at one batch size)
+agrees when the median of each run lies inside the interval the other run's report states for it: its range
+over rounds widened by that run's measured machine drift (see arena/stats.py). The summary counts the
+figures that agree; a figure outside names both runs' values. Claims' verdicts are listed side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+
+from seqmix.arena.claims import context_speed, generation_speed, judge_all, machine_drift
+from seqmix.arena.stats import Spread
+
+
+@dataclass
+class Disagreement:
+    figure: str
+    a: str  # as each run's report states it
+    b: str
+
+
+def speed_figures(results: dict) -> dict[str, Spread]:
+    """{'attention prefill L=512': Spread over rounds, ...} of one run's speed section."""
+    figures = {}
+    for arch, speed in context_speed(results).items():
+        for L, row in speed.by_length.items():
+            for key in ("prefill", "decode"):
+                figures[f"{arch} {key} L={L}"] = row[key]
+    for arch, by_batch in generation_speed(results).items():
+        for batch, spread in by_batch.items():
+            figures[f"{arch} generation batch={batch}"] = spread
+    return figures
+
+
+def compare(a: dict, b: dict) -> tuple[int, list[Disagreement]]:
+    """(figures both runs measured, the ones whose medians fall outside the other run's range)."""
+    fa, fb = speed_figures(a), speed_figures(b)
+    da, db = machine_drift(a), machine_drift(b)
+    common = [name for name in fa if name in fb]
+    outside = []
+    for n in common:
+        rate = "generation" in n
+        if not (da.covers(fa[n], fb[n].median, rate) and db.covers(fb[n], fa[n].median, rate)):
+            outside.append(Disagreement(n, da.fmt(fa[n], rate=rate), db.fmt(fb[n], rate=rate)))
+    return len(common), outside
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seqmix.arena.repeat", description=__doc__.split("\n")[0])
+    parser.add_argument("a", help="results.json of one arena run")
+    parser.add_argument("b", help="results.json of another run of the same preset")
+    args = parser.parse_args(argv)
+    a, b = (json.load(open(path)) for path in (args.a, args.b))
+    total, outside = compare(a, b)
+    print(f"{total - len(outside)}/{total} speed figures agree (each median inside the other run's stated interval)")
+    for d in outside:
+        print(f"  {d.figure}: {d.a} vs {d.b}")
+    for ra, rb in zip(judge_all(a), judge_all(b)):
+        if "not measured" not in (ra["verdict"], rb["verdict"]):
+            mark = "" if ra["verdict"] == rb["verdict"] else "   ← differs"
+            print(f"{ra['id']:>5}: {ra['verdict']} | {rb['verdict']}{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
