@@ -182,18 +182,14 @@ class Plan:
                       lambda progress, workdir: cells.ttt_forms_cell(ss), {"kind": "ttt_forms"})
             generation = [by_name[n] for n in ss.generation_archs if n in by_name]
             for r in range(ss.rounds):
-                for arch in speed_entrants:
-                    params = {"arch": asdict(arch), "d": self.widths[arch.name], "lm": asdict(lm),
-                              "speed": asdict(ss), "threads": threads, "round": r}
-                    self._add("speed", f"{arch.name}-r{r}", params,
-                              lambda progress, workdir, a=arch, r=r:
-                              cells.speed_cell(a, self.widths[a.name], lm, ss, r), {"kind": "context"})
-                for arch in generation:
-                    params = {"arch": asdict(arch), "d": self.widths[arch.name], "lm": asdict(lm),
-                              "speed": asdict(ss), "threads": threads, "round": r}
-                    self._add("speed", f"generation-{arch.name}-r{r}", params,
-                              lambda progress, workdir, a=arch, r=r:
-                              cells.generation_cell(a, self.widths[a.name], lm, ss, r), {"kind": "generation"})
+                for kind, prefix, measure, archs in (("context", "", cells.speed_cell, speed_entrants),
+                                                     ("generation", "generation-", cells.generation_cell, generation)):
+                    for arch in archs:
+                        params = {"arch": asdict(arch), "d": self.widths[arch.name], "lm": asdict(lm),
+                                  "speed": asdict(ss), "threads": threads, "round": r}
+                        self._add("speed", f"{prefix}{arch.name}-r{r}", params,
+                                  lambda progress, workdir, a=arch, r=r, measure=measure:
+                                  measure(a, self.widths[a.name], lm, ss, r), {"kind": kind})
 
     def _add(self, section: str, label: str, params: dict, run, tags: dict | None = None) -> None:
         self.items.append(Item(section, self._cell_key(section, label, params), f"{section}:{label}", run,

@@ -27,14 +27,10 @@ class LMSettings:
     entrants: tuple[str, ...] | None = None  # None: every mixer and hybrid preset
 
 
-@dataclass(frozen=True)
-class RecallSettings:
-    """MQAR (Zoology's generator), trained to convergence: see arena/recall.py."""
+@dataclass(frozen=True, kw_only=True)
+class RecallTraining:
+    """How a recall model is trained to convergence (arena/recall.py): shared by recall and prompt order."""
 
-    archs: tuple[str, ...]
-    widths: tuple[int, ...]
-    num_kv_pairs: tuple[int, ...]
-    seq_len: int
     vocab_size: int
     n_layers: int
     train_examples: int
@@ -49,26 +45,24 @@ class RecallSettings:
     target: float = 0.995  # early stop (validation accuracy; a little above the 0.99 the claim asks of the test)
 
 
-@dataclass(frozen=True)
-class PromptOrderSettings:
-    """Recall with the question before or after the context (seed 004's claim), same training as recall."""
+@dataclass(frozen=True, kw_only=True)
+class RecallSettings(RecallTraining):
+    """MQAR (Zoology's generator) at every width and pair count."""
+
+    archs: tuple[str, ...]
+    widths: tuple[int, ...]
+    num_kv_pairs: tuple[int, ...]
+    seq_len: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptOrderSettings(RecallTraining):
+    """Recall with the question before or after the context (seed 004's claim)."""
 
     archs: tuple[str, ...]
     width: int
     num_kv_pairs: int
     num_queries: int
-    vocab_size: int
-    n_layers: int
-    train_examples: int
-    val_examples: int
-    test_examples: int
-    batch_size: int
-    lrs: tuple[float, ...]
-    probe_steps: int
-    max_steps: int
-    eval_every: int
-    mixer_conv: int = 3
-    target: float = 0.995
 
 
 @dataclass(frozen=True)
