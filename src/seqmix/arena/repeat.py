@@ -24,16 +24,16 @@ class Disagreement:
     b: str
 
 
-def speed_figures(results: dict) -> dict[str, Spread]:
-    """{'attention prefill L=512': Spread over rounds, ...} of one run's speed section."""
+def speed_figures(results: dict) -> dict[str, tuple[Spread, bool]]:
+    """{'attention prefill L=512': (Spread over rounds, whether it is a per-second rate), ...} of one run."""
     figures = {}
     for arch, speed in context_speed(results).items():
         for L, row in speed.by_length.items():
             for key in ("prefill", "decode"):
-                figures[f"{arch} {key} L={L}"] = row[key]
+                figures[f"{arch} {key} L={L}"] = row[key], False
     for arch, by_batch in generation_speed(results).items():
         for batch, spread in by_batch.items():
-            figures[f"{arch} generation batch={batch}"] = spread
+            figures[f"{arch} generation batch={batch}"] = spread, True
     return figures
 
 
@@ -44,9 +44,9 @@ def compare(a: dict, b: dict) -> tuple[int, list[Disagreement]]:
     common = [name for name in fa if name in fb]
     outside = []
     for n in common:
-        rate = "generation" in n
-        if not (da.covers(fa[n], fb[n].median, rate) and db.covers(fb[n], fa[n].median, rate)):
-            outside.append(Disagreement(n, da.fmt(fa[n], rate=rate), db.fmt(fb[n], rate=rate)))
+        (sa, rate), (sb, _) = fa[n], fb[n]
+        if not (da.covers(sa, sb.median, rate) and db.covers(sb, sa.median, rate)):
+            outside.append(Disagreement(n, da.fmt(sa, rate=rate), db.fmt(sb, rate=rate)))
     return len(common), outside
 
 

@@ -108,8 +108,8 @@ class MachineDrift:
         return low <= value <= high
 
     def fmt(self, s: Spread, digits: int = 3, rate: bool = False) -> str:
-        if s.n == 1 and self.faster == self.slower == 1:
-            return _num(s.median, digits)
+        if self.faster == self.slower == 1:
+            return s.fmt(digits)
         low, high = self.interval(s, rate)
         return f"{_num(s.median, digits)} [{_num(low, digits)}–{_num(high, digits)}]"
 
