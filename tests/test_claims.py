@@ -242,15 +242,19 @@ def test_two_runs_agree_when_each_median_is_inside_the_other_range(capsys, tmp_p
                                   state))
     b = results(speed=speed_cells("gla", {512: [10.5, 11, 11.5], 8192: [13, 15, 16]},
                                   {512: [5, 6, 7], 8192: [5, 6, 7]}, state))
+    for res, primal in ((a, [0.10, 0.11, 0.12]), (b, [0.13, 0.14, 0.15])):
+        res["speed"].append({"kind": "ttt_forms", "L": 64, "d_model": 8, "n_heads": 1,
+                             "forms": {"dual (chunked)": [0.02, 0.02, 0.03], "primal (materialised)": primal}})
     total, outside = repeat.compare(a, b)
-    assert total == 4
-    assert [d.figure for d in outside] == ["gla prefill L=8192"]  # b's median 15 lies above a's range 10–14
+    assert total == 6
+    # b's median 15 lies above a's range 10–14; TTT's primal 0.14 above a's 0.10–0.12
+    assert [d.figure for d in outside] == ["gla prefill L=8192", "TTT-Linear primal (materialised) L=64"]
     paths = []
     for name, res in (("a", a), ("b", b)):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(res))
     assert repeat.main([str(p) for p in paths]) == 0
-    assert capsys.readouterr().out.startswith("3/4 speed figures agree")
+    assert capsys.readouterr().out.startswith("4/6 speed figures agree")
 
 
 def test_machine_drift_widens_absolute_figures_by_how_far_the_machine_strayed():

@@ -2,7 +2,8 @@
 
     python -m seqmix.arena.repeat runs/a/results.json runs/b/results.json
 
-A figure (prefill or decode µs/token of one entrant at one L, or generated tokens/s at one batch size)
+A figure (prefill or decode µs/token of one entrant at one L, generated tokens/s at one batch size, or the
+seconds of one of TTT-Linear's forms)
 agrees when the median of each run lies inside the interval the other run's report states for it: its range
 over rounds widened by that run's measured machine drift (see arena/stats.py). The summary counts the
 figures that agree; a figure outside names both runs' values. Claims' verdicts are listed side by side.
@@ -34,6 +35,10 @@ def speed_figures(results: dict) -> dict[str, tuple[Spread, bool]]:
     for arch, by_batch in generation_speed(results).items():
         for batch, spread in by_batch.items():
             figures[f"{arch} generation batch={batch}"] = spread, True
+    for cell in results.get("speed", []):
+        if cell.get("kind") == "ttt_forms":
+            for form, seconds in cell["forms"].items():
+                figures[f"TTT-Linear {form} L={cell['L']}"] = Spread.of(seconds), False
     return figures
 
 
