@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
-from seqmix.bench.harness import machine_info, measure_roofline
+from seqmix.bench.harness import machine_info, measure_read_bandwidth, measure_roofline
 from seqmix.bench.official_ttt import load_official, official_ttt_suite
-from seqmix.bench.suites import decode_suite, forward_suite, ttt_forms_suite
+from seqmix.bench.suites import decode_suite, forward_suite, model_generate_suite, ttt_forms_suite
 
 DEFAULT_MIXERS = "attention,linear_attention,gla"
 TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
+GENERATE_MIXERS = "mamba,mamba2,gla,rwkv7,ttt_linear"  # the default of --suite generate
 
 
 def _ints(text: str) -> list[int]:
@@ -21,9 +22,10 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(p) -> None:
-    p.add_argument("--suite", choices=["forward", "decode", "ttt", "all"], default="all",
+    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "all"], default="all",
                    help="all = forward + decode + the TTT forms table; ttt = the TTT forms table, then forward "
-                        "and decode of TTT-Linear, TTT-MLP and attention")
+                        "and decode of TTT-Linear, TTT-MLP and attention; generate = whole models decoding "
+                        f"through sample() against their memory floor (default mixers {GENERATE_MIXERS})")
     p.add_argument("--mixers", default=None,
                    help=f"comma-separated mixer names (see available_mixers()); default {DEFAULT_MIXERS} "
                         f"({TTT_MIXERS} for --suite ttt)")
@@ -37,6 +39,11 @@ def configure(p) -> None:
     p.add_argument("--ttt-official", type=Path, default=None, metavar="PATH",
                    help="ttt suite: also time the official ttt-lm-pytorch model (a checkout at PATH, imported from "
                         "there; needs transformers 4.44) against seqmix with the same weights")
+    p.add_argument("--sizes", default="256x4,512x8",
+                   help="generate: model sizes d_modelxlayers, comma-separated")
+    p.add_argument("--batches", type=_ints, default=[1], help="generate: batch sizes (prompts decoded together)")
+    p.add_argument("--new-tokens", type=int, default=64, help="generate: tokens decoded per timed round")
+    p.add_argument("--compile", action="store_true", help="generate: also time the compiled decode step")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed block")
@@ -108,9 +115,36 @@ def _fmt_decode(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _sizes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in s.split("x")) for s in text.split(",") if s]  # type: ignore[misc]
+    except ValueError:
+        raise ValueError(f"--sizes={text!r}: give d_modelxlayers pairs, e.g. 256x4,512x8") from None
+
+
+def _fmt_generate(rows: list[dict]) -> str:
+    get = {(r["mixer"], r["d_model"], r["n_layers"], r["batch"], r["variant"]): r for r in rows}
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = ["| mixer | model | batch | weights | floor | " + " | ".join(f"{v} µs/step (× floor)" for v in variants)
+             + " |", "|---" * (5 + len(variants)) + "|"]
+    for key in dict.fromkeys(k[:4] for k in get):
+        first = get[(*key, variants[0])]
+        cells = []
+        for v in variants:
+            r = get[(*key, v)]
+            cells.append(f"{r['us_per_token']:,.0f} [{min(r['round_us']):,.0f}–{max(r['round_us']):,.0f}] "
+                         f"({r['us_per_token'] / r['floor_us']:.1f}×)")
+        lines.append(f"| {key[0]} | d {key[1]} × {key[2]} | {key[3]} | {first['param_bytes'] / 1e6:.1f} MB | "
+                     f"{first['floor_us']:,.0f} µs | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     torch.set_num_threads(args.threads)
-    mixers = [m for m in (args.mixers or (TTT_MIXERS if args.suite == "ttt" else DEFAULT_MIXERS)).split(",") if m]
+    default = {"ttt": TTT_MIXERS, "generate": GENERATE_MIXERS}.get(args.suite, DEFAULT_MIXERS)
+    mixers = [m for m in (args.mixers or default).split(",") if m]
+    if args.suite == "generate":
+        return _run_generate(args, mixers)
     options = json.loads(args.mixer_options)
     official = load_official(args.ttt_official) if args.ttt_official and args.suite in ("ttt", "all") else None
     roof = measure_roofline()
@@ -149,5 +183,25 @@ def run(args) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _run_generate(args, mixers: list[str]) -> int:
+    sizes = _sizes(args.sizes)
+    read_gbs = measure_read_bandwidth()
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}; read bandwidth "
+          f"{read_gbs:.1f} GB/s (the fastest read of 256 MiB)")
+    note = lambda r: print(f"  {r['mixer']:10s} d {r['d_model']} × {r['n_layers']} batch {r['batch']} "  # noqa: E731
+                           f"{r['variant']:8s}: {r['us_per_token']:,.0f} µs/step, floor {r['floor_us']:,.0f} µs",
+                           flush=True)
+    rows = model_generate_suite(mixers, sizes, args.batches, args.new_tokens, read_gbs, args.rounds,
+                                args.compile, note)
+    print(f"\ndecoding through sample(), greedy, float32, median [range] of {args.rounds} interleaved rounds of "
+          f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth:\n" + _fmt_generate(rows))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": info, "read_gbs": read_gbs, "rows": rows}, indent=1))
         print(f"\nwrote {args.out}")
     return 0

@@ -2,16 +2,21 @@
 
 * forward: time per token of the parallel/chunked path vs sequence length L (prefill/training shape);
 * decode: latency of one recurrent step after a context of C tokens (KV cache vs fixed-size state);
+* generate: a whole model decoding through ``sample``, eager and compiled, against its memory floor;
 * ttt_forms: TTT's inner loop at one length in its dual form (chunked, training/prefill) against the primal
   form, materialised per mini-batch (the paper's §2.4 primal) and token by token (the decoding step).
 """
 from __future__ import annotations
+
+import statistics
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seqmix.bench.harness import Roofline, time_interleaved
 from seqmix.mixers import MIXERS
+from seqmix.model import ModelConfig, SeqMixLM
+from seqmix.model.generate import sample
 from seqmix.model.state import map_state
 from seqmix.ops import ttt
 
@@ -133,4 +138,42 @@ def ttt_forms_suite(mixer_name: str, L: int, d_model: int, n_heads: int, options
                      "other_cpu": t.other_cpu_share})
         if progress:
             progress(rows[-1])
+    return rows
+
+
+def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batches: list[int], new_tokens: int,
+                         read_gbs: float, rounds: int, compile: bool, progress=None) -> list[dict]:
+    """Whole-model decoding through ``sample`` (greedy, after a 16-token prompt), byte vocabulary, float32:
+    time per step by batch size, eager and (with ``compile``) compiled, in interleaved rounds, against the
+    memory floor: (parameter + state bytes) / ``read_gbs``, the time to read every weight and the state once."""
+    rows = []
+    variants = ["eager", "compiled"] if compile else ["eager"]
+    for mixer in mixers:
+        for d_model, n_layers in sizes:
+            torch.manual_seed(0)
+            model = SeqMixLM(ModelConfig(mixer=mixer, vocab_size=256, d_model=d_model, n_layers=n_layers,
+                                         n_heads=max(1, d_model // 64))).float().eval()
+            params = sum(p.numel() * p.element_size() for p in model.parameters())
+            for batch in batches:
+                prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(0))
+                floor = (params + state_bytes(model.init_state(batch))) / (read_gbs * 1e9)
+                seconds = {v: [] for v in variants}
+                compile_seconds = None
+                for r in range(rounds + 1):  # round 0 warms up (and compiles)
+                    for v in variants:
+                        t: dict = {}
+                        sample(model, prompt, new_tokens, temperature=0, timings=t, compile=v == "compiled")
+                        if r == 0:
+                            compile_seconds = t.get("compile_seconds", compile_seconds)
+                        else:
+                            seconds[v].append(t["decode_seconds"] / new_tokens)
+                for v in variants:
+                    row = {"suite": "generate", "mixer": mixer, "d_model": d_model, "n_layers": n_layers,
+                           "batch": batch, "variant": v, "param_bytes": params, "floor_us": floor * 1e6,
+                           "round_us": [s * 1e6 for s in seconds[v]],
+                           "us_per_token": statistics.median(seconds[v]) * 1e6,
+                           "compile_seconds": compile_seconds if v == "compiled" else None}
+                    rows.append(row)
+                    if progress:
+                        progress(row)
     return rows

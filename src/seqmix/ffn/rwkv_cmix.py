@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from seqmix.ffn.base import FFN, register_ffn
-from seqmix.layers import token_shift
+from seqmix.layers import Linear, token_shift
 
 
 @register_ffn("rwkv_cmix")
@@ -24,9 +24,9 @@ class RWKVChannelMix(FFN):
         mix = (torch.arange(d_model, dtype=torch.float32) / d_model) ** (1.0 - layer_idx / n_layers)
         self.time_mix_k = nn.Parameter(mix.clone())
         self.time_mix_r = nn.Parameter(mix.clone())
-        self.key = nn.Linear(d_model, hidden, bias=False)
-        self.receptance = nn.Linear(d_model, d_model, bias=False)
-        self.value = nn.Linear(hidden, d_model, bias=False)
+        self.key = Linear(d_model, hidden, bias=False)
+        self.receptance = Linear(d_model, d_model, bias=False)
+        self.value = Linear(hidden, d_model, bias=False)
 
     def init_state(self, batch_size: int) -> dict:
         return {"shift": self.time_mix_k.new_zeros(batch_size, self.d_model)}

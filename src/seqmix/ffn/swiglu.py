@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import nn
 
 from seqmix.ffn.base import FFN, register_ffn
+from seqmix.layers import Linear
 
 
 @register_ffn("swiglu")
@@ -14,9 +14,9 @@ class SwiGLU(FFN):
     def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1, hidden: int | None = None):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
         hidden = hidden or 8 * ((8 * d_model // 3 + 7) // 8)
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.gate_up = Linear(d_model, 2 * hidden, bias=False)
+        self.down = Linear(hidden, d_model, bias=False)
 
     def forward(self, x, state=None):
-        gate, up = self.gate_up.weight.chunk(2)  # two products: one twice as wide runs below BLAS peak on CPU
-        return self.down(F.silu(F.linear(x, gate)) * F.linear(x, up)), state
+        gate, up = self.gate_up.parts(x, (self.down.in_features,) * 2)
+        return self.down(F.silu(gate) * up), state

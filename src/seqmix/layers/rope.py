@@ -30,7 +30,12 @@ def apply_rope(x, positions: torch.Tensor, theta: float = 10000.0, interleaved: 
     angles = positions.to(torch.float64)[..., None] * _inv_freq(d, theta, xs[0].device)  # [.., T, D/2]
     if angles.dim() == 3:  # [B, T, D/2] -> broadcast over heads
         angles = angles[:, None]
-    if interleaved:  # pairs (2i, 2i+1) are complex numbers x_2i + i·x_2i+1: one complex multiply rotates all
+    if interleaved and torch.compiler.is_compiling():  # the same rotation in real arithmetic (inductor has no
+        cos, sin = angles.cos().to(xs[0].dtype), angles.sin().to(xs[0].dtype)  # complex code generation)
+        pairs = tuple(t.unflatten(-1, (-1, 2)) for t in xs)
+        outs = tuple(torch.stack([p[..., 0] * cos - p[..., 1] * sin, p[..., 0] * sin + p[..., 1] * cos], -1).flatten(-2)
+                     for p in pairs)
+    elif interleaved:  # pairs (2i, 2i+1) are complex numbers x_2i + i·x_2i+1: one complex multiply rotates all
         work = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
         rotation = torch.complex(angles.cos().to(work), angles.sin().to(work))
         outs = tuple(torch.view_as_real(_complex_pairs(t.to(work)) * rotation).flatten(-2).to(t.dtype) for t in xs)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from seqmix.layers import apply_rope
+from seqmix.layers import Linear, apply_rope
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import attention as op
 
@@ -24,8 +23,8 @@ class Attention(Mixer):
         if window is not None and (not isinstance(window, int) or window < 1):
             raise ValueError(f"attention option window={window!r}: must be a positive int or None")
         self.window, self.rope, self.rope_theta, self.chunk_size = window, rope, rope_theta, chunk_size
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * d_model, bias=False)
+        self.out = Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size: int):
         empty = self._zeros(batch_size, self.n_heads, 0, self.head_dim)

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from seqmix.layers import apply_rope
+from seqmix.layers import Linear, apply_rope, cached
 from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
 from seqmix.ops import block_attention as attn
 from seqmix.ops import lti_ssm as ssm
@@ -67,11 +67,11 @@ class BlockStateTransformer(Mixer):
         self.log_A_real = nn.Parameter(torch.full((H, N), math.log(0.5)))
         self.A_imag = nn.Parameter(math.pi * torch.arange(N, dtype=torch.float32).repeat(H, 1))
         self.C = nn.Parameter(torch.randn(H, N, 2) * 0.5 ** 0.5)
-        self.heads = nn.Linear(d_model, n_context * d_model, bias=False) if variant == "mh" else None
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.q_ctx = nn.Linear(d_model, d_model, bias=False)
-        self.kv_ctx = nn.Linear(d_model, 2 * d_model, bias=False)
-        self.out = nn.Linear(2 * d_model, d_model, bias=False)
+        self.heads = Linear(d_model, n_context * d_model, bias=False) if variant == "mh" else None
+        self.qkv = Linear(d_model, 3 * d_model, bias=False)
+        self.q_ctx = Linear(d_model, d_model, bias=False)
+        self.kv_ctx = Linear(d_model, 2 * d_model, bias=False)
+        self.out = Linear(2 * d_model, d_model, bias=False)
 
     def init_state(self, batch_size: int):
         empty = self._zeros(batch_size, self.n_heads, 0, self.head_dim)
@@ -82,10 +82,13 @@ class BlockStateTransformer(Mixer):
             state["y"] = self._zeros(batch_size, 0, self.d_model)
         return state
 
+    def _discretized(self):
+        """(Ā, B̄) of A = −exp(log_A_real) + i·A_imag at step exp(log_dt): parameters only."""
+        return ssm.discretize(torch.exp(self.log_dt), torch.complex(-torch.exp(self.log_A_real), self.A_imag))
+
     def _ssm(self, x, state):
         """y = SSM(x): [B, T, F·d_model] (filter f of channel c at index f·d_model + c), and the new SSM state."""
-        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        dtA, dB = ssm.discretize(torch.exp(self.log_dt), A)
+        dtA, dB = cached(self, "discretized", (self.log_A_real, self.A_imag, self.log_dt), self._discretized)
         C = torch.view_as_complex(self.C)
         u = x.transpose(1, 2).repeat(1, self.filters, 1)  # [B, F·d, T]
         s = None if state is None else torch.view_as_complex(state["ssm"].contiguous())

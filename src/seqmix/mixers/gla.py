@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import GatedRMSNorm, ShortConv
+from seqmix.layers import GatedRMSNorm, Linear, ShortConv
 from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
 from seqmix.ops import gated_linear_attention as op
 
@@ -31,15 +31,15 @@ class GatedLinearAttention(Mixer):
             raise ValueError(f"gla: expand_k={expand_k}, expand_v={expand_v} give an empty head for head_dim={self.head_dim}")
         H = n_heads
         self.decay, self.normalizer, self.chunk_size = decay, gate_logit_normalizer, chunk_size
-        self.q = nn.Linear(d_model, H * self.dk, bias=False)
-        self.k = nn.Linear(d_model, H * self.dk, bias=False)
-        self.v = nn.Linear(d_model, H * self.dv, bias=False)
-        self.gate = nn.Linear(d_model, H * self.dv, bias=False)
+        self.q = Linear(d_model, H * self.dk, bias=False)
+        self.k = Linear(d_model, H * self.dk, bias=False)
+        self.v = Linear(d_model, H * self.dv, bias=False)
+        self.gate = Linear(d_model, H * self.dv, bias=False)
         decay_out = H * self.dk if decay == "channel" else H
-        self.alpha = nn.Sequential(nn.Linear(d_model, gate_low_rank, bias=False), nn.Linear(gate_low_rank, decay_out))
+        self.alpha = nn.Sequential(Linear(d_model, gate_low_rank, bias=False), Linear(gate_low_rank, decay_out))
         self.conv = ShortConv(H * (2 * self.dk + self.dv), conv_size) if short_conv else None
         self.norm = GatedRMSNorm(H * self.dv, group_size=self.dv)
-        self.out = nn.Linear(H * self.dv, d_model, bias=False)
+        self.out = Linear(H * self.dv, d_model, bias=False)
 
     def init_state(self, batch_size: int):
         state = {"S": self._zeros(batch_size, self.n_heads, self.dk, self.dv)}

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import nn
 
-from seqmix.layers import GatedRMSNorm, ShortConv
+from seqmix.layers import GatedRMSNorm, Linear, ShortConv
 from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
 from seqmix.ops import linear_attention as op
 
@@ -29,10 +28,10 @@ class LinearAttention(Mixer):
             raise ValueError("linear_attention: normalize=True needs a positive feature map (feature_map='elu1'); "
                              "use normalize=False with feature_map='identity'")
         self.phi, self.normalize, self.chunk_size = FEATURE_MAPS[feature_map], normalize, chunk_size
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * d_model, bias=False)
         self.conv = ShortConv(3 * d_model, conv_size) if short_conv else None
         self.norm = None if normalize else GatedRMSNorm(d_model, group_size=self.head_dim)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.out = Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size: int):
         state = {"S": self._zeros(batch_size, self.n_heads, self.head_dim, self.head_dim + int(self.normalize))}

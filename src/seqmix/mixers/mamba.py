@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import ShortConv
+from seqmix.layers import Linear, ShortConv, cached
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import selective_scan as op
 
@@ -58,16 +58,16 @@ class Mamba(Mixer):
             if not isinstance(value, bool):
                 raise ValueError(f"mamba option {name}={value!r}: must be True or False")
         self.d_inner, self.d_state, self.dt_rank, self.chunk_size = d_inner, d_state, dt_rank, chunk_size
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.in_proj = Linear(d_model, 2 * d_inner, bias=bias)
         self.conv = ShortConv(d_inner, d_conv, bias=conv_bias)
-        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, d_inner)
+        self.x_proj = Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = Linear(dt_rank, d_inner)
         nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
         with torch.no_grad():
             self.dt_proj.bias.copy_(inverse_softplus_dt(d_inner, dt_min, dt_max, floor=1e-4))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.out_proj = Linear(d_inner, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
         return {"conv": self.conv.init_state(batch_size), "ssm": self._zeros(batch_size, self.d_inner, self.d_state)}
@@ -78,7 +78,7 @@ class Mamba(Mixer):
         u = F.silu(u)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))
-        A = -torch.exp(self.A_log)
+        A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
         h = None if state is None else state["ssm"]
         if x.shape[1] == 1 and state is not None:
             y, h = op.step(u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, h)

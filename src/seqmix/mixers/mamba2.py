@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import GatedRMSNorm, ShortConv
+from seqmix.layers import GatedRMSNorm, Linear, ShortConv, cached
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.mixers.mamba import inner_width, inverse_softplus_dt
 from seqmix.ops import ssd as op
@@ -64,13 +64,13 @@ class Mamba2(Mixer):
         self.d_inner, self.d_state, self.headdim, self.ngroups, self.heads = d_inner, d_state, headdim, ngroups, H
         self.chunk_size = chunk_size
         conv_dim = d_inner + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, d_inner + conv_dim + H, bias=bias)  # [z, u, B, C, Δ]
+        self.in_proj = Linear(d_model, d_inner + conv_dim + H, bias=bias)  # [z, u, B, C, Δ]
         self.conv = ShortConv(conv_dim, d_conv, bias=conv_bias)
         self.dt_bias = nn.Parameter(inverse_softplus_dt(H, dt_min, dt_max, floor=1e-4))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(H))
         self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.out_proj = Linear(d_inner, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
         return {"conv": self.conv.init_state(batch_size),
@@ -87,7 +87,7 @@ class Mamba2(Mixer):
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)  # [B, H, T]
         if self.dt_limit is not None:
             dt = dt.clamp(*self.dt_limit)
-        A = -torch.exp(self.A_log)
+        A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
         S = None if state is None else state["ssm"]
         if T == 1 and state is not None:
             y, S = op.step(u[:, :, 0], dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], self.D, S)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import ShortConv
+from seqmix.layers import Linear, ShortConv
 from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
 from seqmix.ops import mlstm as op
 
@@ -54,11 +54,11 @@ class MLSTM(Mixer):
                              f"n_heads={n_heads} and qkv_blocksize={qkv_blocksize}")
         self.forget_gate, self.chunk_size, self.eps = forget_gate, chunk_size, eps
         self.inner, self.dh = inner, inner // n_heads
-        self.up = nn.Linear(d_model, 2 * inner, bias=False)
+        self.up = Linear(d_model, 2 * inner, bias=False)
         self.conv = ShortConv(inner, conv_size)
         self.q, self.k, self.v = (_BlockDiagonal(inner, qkv_blocksize) for _ in range(3))
-        self.igate = nn.Linear(3 * inner, n_heads)
-        self.fgate = nn.Linear(3 * inner, n_heads)
+        self.igate = Linear(3 * inner, n_heads)
+        self.fgate = Linear(3 * inner, n_heads)
         with torch.no_grad():
             for gate in (self.igate, self.fgate):
                 gate.weight.zero_()
@@ -67,7 +67,7 @@ class MLSTM(Mixer):
             self.fgate.bias.copy_(f_bias if forget_gate == "sigmoid" else F.logsigmoid(f_bias))
         self.norm_weight = nn.Parameter(torch.ones(inner))  # per-head LayerNorm, weight only (as xLSTM)
         self.skip = nn.Parameter(torch.ones(inner))
-        self.down = nn.Linear(inner, d_model, bias=False)
+        self.down = Linear(inner, d_model, bias=False)
 
     def init_state(self, batch_size: int):
         C, n, m = op.init_state(batch_size, self.n_heads, self.dh, self.dh)

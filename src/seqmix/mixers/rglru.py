@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import ShortConv
+from seqmix.layers import Linear, ShortConv
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import rglru as op
 
@@ -55,13 +55,13 @@ class RGLRU(Mixer):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"rglru option chunk_size={chunk_size!r}: must be a positive int")
         self.width, self.c, self.chunk_size = width, c, chunk_size
-        self.in_proj = nn.Linear(d_model, 2 * width, bias=False)  # [gate branch | recurrent branch]
+        self.in_proj = Linear(d_model, 2 * width, bias=False)  # [gate branch | recurrent branch]
         self.conv = ShortConv(width, conv_size)
         self.gate_a = BlockDiagonalLinear(width, n_heads)
         self.gate_x = BlockDiagonalLinear(width, n_heads)
         radius = torch.empty(width).uniform_(0.9 ** 2, 0.999 ** 2).sqrt()
         self.log_lambda = nn.Parameter(torch.log(torch.expm1(-torch.log(radius))))  # softplus⁻¹(−log ρ)
-        self.out = nn.Linear(width, d_model, bias=False)
+        self.out = Linear(width, d_model, bias=False)
 
     def init_state(self, batch_size: int):
         return {"conv": self.conv.init_state(batch_size), "h": self._zeros(batch_size, self.width)}

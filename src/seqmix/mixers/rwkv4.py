@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from seqmix.layers import token_shift
+from seqmix.layers import Linear, cached, token_shift
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import wkv4 as op
 
@@ -44,10 +44,10 @@ class RWKV4(Mixer):
         self.time_mix_k = nn.Parameter(ramp ** ratio_1_to_almost0)
         self.time_mix_v = nn.Parameter(ramp ** ratio_1_to_almost0 + 0.3 * ratio_0_to_1)
         self.time_mix_r = nn.Parameter(ramp ** (0.5 * ratio_1_to_almost0))
-        self.key = nn.Linear(C, A, bias=False)
-        self.value = nn.Linear(C, A, bias=False)
-        self.receptance = nn.Linear(C, A, bias=False)
-        self.output = nn.Linear(A, C, bias=False)
+        self.key = Linear(C, A, bias=False)
+        self.value = Linear(C, A, bias=False)
+        self.receptance = Linear(C, A, bias=False)
+        self.output = Linear(A, C, bias=False)
 
     def init_state(self, batch_size: int):
         shift = self._zeros(batch_size, self.d_model)
@@ -64,7 +64,7 @@ class RWKV4(Mixer):
         k = self.key(lerp(self.time_mix_k)).unsqueeze(1)  # [B, 1, T, C]
         v = self.value(lerp(self.time_mix_v)).unsqueeze(1)
         r = torch.sigmoid(self.receptance(lerp(self.time_mix_r)))
-        w, u = self.time_decay.exp(), self.time_first
+        w, u = cached(self, "w", (self.time_decay,), self.time_decay.exp), self.time_first
         wkv_state = None if state is None else (state["a"], state["b"], state["p"])
         if x.shape[1] == 1 and state is not None:
             wkv, wkv_state = op.step(k[:, :, 0], v[:, :, 0], w, u, wkv_state)

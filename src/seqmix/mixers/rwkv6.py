@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import token_shift
+from seqmix.layers import Linear, token_shift
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import rwkv6 as op
 
@@ -38,11 +38,11 @@ class RWKVMatrixMixer(Mixer):
         self.chunk_size = chunk_size
 
     def _projections(self, *names: str) -> None:
-        """One nn.Linear(C, C, bias=False) per name, in order, then ``ln_x`` (GroupNorm eps 64e-5 = 1e-5·8²,
+        """One Linear(C, C, bias=False) per name, in order, then ``ln_x`` (GroupNorm eps 64e-5 = 1e-5·8²,
         the official head_size_divisor 8)."""
         C = self.d_model
         for name in names:
-            setattr(self, name, nn.Linear(C, C, bias=False))
+            setattr(self, name, Linear(C, C, bias=False))
         self.ln_x = nn.GroupNorm(self.H, C, eps=64e-5)
 
     def init_state(self, batch_size: int):

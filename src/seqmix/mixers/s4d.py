@@ -9,6 +9,7 @@ from torch import nn
 
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import lti_ssm as op
+from seqmix.layers import Linear, cached
 
 
 @register_mixer("s4d")
@@ -39,14 +40,17 @@ class S4D(Mixer):
         self.A_imag = nn.Parameter(math.pi * torch.arange(N, dtype=torch.float32).repeat(H, 1))
         self.C = nn.Parameter(torch.randn(H, N, 2) * 0.5 ** 0.5)  # complex normal, E|C|² = 1
         self.D = nn.Parameter(torch.randn(H))
-        self.out = nn.Linear(d_model, 2 * d_model)
+        self.out = Linear(d_model, 2 * d_model)
 
     def init_state(self, batch_size: int):
         return {"ssm": self._zeros(batch_size, self.d_model, self.modes, 2)}
 
+    def _discretized(self):
+        """(Ā, B̄) of A = −exp(log_A_real) + i·A_imag at step exp(log_dt): parameters only."""
+        return op.discretize(torch.exp(self.log_dt), torch.complex(-torch.exp(self.log_A_real), self.A_imag))
+
     def forward(self, x, state=None, shared=None):
-        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        dtA, dB = op.discretize(torch.exp(self.log_dt), A)
+        dtA, dB = cached(self, "discretized", (self.log_A_real, self.A_imag, self.log_dt), self._discretized)
         C = torch.view_as_complex(self.C)
         u = x.transpose(1, 2)  # [B, H, T]
         s = None if state is None else torch.view_as_complex(state["ssm"].contiguous())

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import RMSNorm, ShortConv, apply_rope
+from seqmix.layers import Linear, RMSNorm, ShortConv, apply_rope
 from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
 from seqmix.ops import ttt as op
 
@@ -68,7 +68,7 @@ class TTTMixer(Mixer):
         self.normalizes_input = residual_stream
         H, d, D = n_heads, self.head_dim, d_model
         # [q, k, v] (transformer) or [qk, v, gate] (mamba), then the H learning-rate logits
-        self.in_proj = nn.Linear(D, 3 * D + H, bias=False)
+        self.in_proj = Linear(D, 3 * D + H, bias=False)
         self.lr_bias = nn.Parameter(torch.zeros(H))
         self.token_idx_offset = nn.Parameter(torch.zeros(mini_batch_size))  # ε_i, learned offsets to 1/i
         widths = [d, d * self.hidden_mult, d] if self.hidden_mult else [d, d]
@@ -77,7 +77,7 @@ class TTTMixer(Mixer):
         self.ttt_norm_weight = nn.Parameter(torch.ones(H, d))
         self.ttt_norm_bias = nn.Parameter(torch.zeros(H, d))
         self.post_norm = nn.LayerNorm(D, eps=1e-6)
-        self.out = nn.Linear(D, D, bias=False)
+        self.out = Linear(D, D, bias=False)
         for lin in (self.in_proj, self.out):
             nn.init.normal_(lin.weight, std=0.02)
         if backbone == "mamba":
@@ -107,8 +107,7 @@ class TTTMixer(Mixer):
             conv_in = self.pre_conv_norm(x) if self.normalizes_input else x
             skip, new_state["pre_conv"] = self.pre_conv(conv_in, None if state is None else state["pre_conv"])
             x = self.ttt_norm_in(x + skip)
-        weight = self.in_proj.weight  # two products: an output width of 3D + H runs far below BLAS peak
-        proj, lr_logits = F.linear(x, weight[:3 * D]), F.linear(x, weight[3 * D:])
+        proj, lr_logits = self.in_proj.parts(x, (3 * D, H))
         if self.backbone == "mamba":
             qk, v, gate = proj.chunk(3, dim=-1)
             window = self.conv_q.window(qk, None if state is None else state["qk_conv"])  # one for both
@@ -136,7 +135,7 @@ class TTTMixer(Mixer):
         z = self.post_norm(merge_heads(z))
         if self.backbone == "mamba":  # gate, and the pre-conv's output skips the TTT layer: y = skip + z θ_Oᵀ
             z = z * F.gelu(gate, approximate="tanh")
-            y = torch.addmm(skip.flatten(0, 1), z.flatten(0, 1), self.out.weight.t()).view_as(skip)
+            y = self.out.add_to(skip, z)
         else:
             y = self.out(z)
         return y, (None if state is None else {**op_state, **new_state})

@@ -1,32 +1,41 @@
 """Sampling through the recurrent state: the prompt is prefilled in one call (the mixers' chunked path),
-then each new token costs one ``model(token, state=state)`` step — O(1) per token for recurrent mixers,
+then each new token costs one ``model.decode(token, state)`` step — O(1) per token for recurrent mixers,
 one KV-cache step for attention."""
 from __future__ import annotations
 
 import time
+import warnings
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
+from torch.func import functional_call
 
 from seqmix.data.tokenizer import ByteTokenizer
+from seqmix.layers import Linear
 
 
 def sample(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-           top_k: int | None = None, seed: int | None = None, timings: dict | None = None) -> torch.Tensor:
-    """prompt int64 [B, T ≥ 1] -> the new tokens [B, max_new_tokens].
+           top_k: int | None = None, seed: int | None = None, timings: dict | None = None,
+           on_token: Callable[[torch.Tensor], None] | None = None, compile: bool = False) -> torch.Tensor:
+    """prompt int64 [B, T ≥ 1] (B prompts of T tokens each) -> the new tokens [B, max_new_tokens].
 
     ``temperature=0`` is greedy decoding; ``top_k`` keeps the k most likely tokens; ``seed`` makes the
     sampling reproducible without touching the global RNG. Runs in inference mode (decoding is many small
     kernels, about 10–20% faster without view and version tracking); the tokens come back as an ordinary tensor.
     ``timings``: a dict that receives ``prefill_seconds`` (the prompt's forward) and ``decode_seconds`` (every
     token after it, sampling included), so generation speed is measured on this very path.
+    ``on_token``: called with each step's tokens [B, 1] as soon as they are chosen (streaming).
+    ``compile``: decode steps through the model's ``CompiledDecoder`` (see there); the tokens are the same, and
+    ``timings`` also receives ``compile_seconds`` (building it, before decoding starts; ≈0 once built).
     """
     with torch.inference_mode():
-        tokens = _sample(model, prompt, max_new_tokens, temperature, top_k, seed, timings)
+        tokens = _sample(model, prompt, max_new_tokens, temperature, top_k, seed, timings, on_token, compile)
     return tokens.clone()
 
 
 def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-            seed: int | None, timings: dict | None = None) -> torch.Tensor:
+            seed: int | None, timings: dict | None, on_token, compile: bool) -> torch.Tensor:
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be [batch, time] with time >= 1, got shape {tuple(prompt.shape)}")
     if max_new_tokens < 0 or temperature < 0:
@@ -42,9 +51,18 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
     was_training = model.training
     model.eval()
     prompt = prompt.to(device)
+    step = compiled_decoder(model).bind() if compile else model.decode
     start = time.perf_counter()
-    logits, state = model(prompt, state=model.init_state(prompt.shape[0]))
+    logits, state = model(prompt, state=model.init_state(prompt.shape[0]))  # checks the prompt's ids
     prefilled = time.perf_counter()
+    if compile:  # build the compiled step now, so that decode_seconds times decoding alone: two chained steps
+        # (a state after the prefill and one after a step differ in strides), on a token made as the loop makes
+        # them (an inference tensor); their results are dropped (states are never updated in place)
+        warm = logits[:, -1].argmax(-1, keepdim=True)
+        step(warm, step(warm, state)[1])
+        if timings is not None:
+            timings["compile_seconds"] = time.perf_counter() - prefilled
+    decoding = time.perf_counter()
     new = []
     for i in range(max_new_tokens):
         last = logits[:, -1].float()
@@ -57,26 +75,142 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
                 last = last.masked_fill(last < kth, float("-inf"))
             token = torch.multinomial(last.softmax(-1), 1, generator=generator)
         new.append(token)
+        if on_token is not None:
+            on_token(token)
         if i + 1 < max_new_tokens:
-            logits, state = model(token, state=state)
+            logits, state = step(token, state)
     if timings is not None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timings.update(prefill_seconds=prefilled - start, decode_seconds=time.perf_counter() - prefilled)
+        timings.update(prefill_seconds=prefilled - start, decode_seconds=time.perf_counter() - decoding)
     model.train(was_training)
     return torch.cat(new, dim=1) if new else prompt.new_zeros(prompt.shape[0], 0)
 
 
-def generate(model, prompt: str, max_new_tokens: int = 200, *, temperature: float = 1.0,
-             top_k: int | None = None, seed: int | None = None, tokenizer=None) -> str:
-    """The model's continuation of ``prompt`` (text; the continuation only).
+def compiled_decoder(model) -> "CompiledDecoder":
+    """The model's ``CompiledDecoder``, built once per model (kept on it)."""
+    decoder = model.__dict__.get("_compiled_decoder")
+    if decoder is None:
+        decoder = model.__dict__["_compiled_decoder"] = CompiledDecoder(model)
+    return decoder
 
-    ``tokenizer``: anything with ``encode(text) -> ids`` and ``decode(ids) -> text`` (a transformers
-    tokenizer works); None = bytes, for byte-level models.
+
+class _DecodeStep(nn.Module):
+    """model.decode as a module's forward, so that torch.func.functional_call can swap weights for a call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.lm = model
+
+    def forward(self, tokens, state):
+        return self.lm.decode(tokens, state)
+
+
+class CompiledDecoder:
+    """``model.decode`` compiled by torch.compile (inductor: C++ kernels and a C++ wrapper on CPU), falling back
+    to ``model.decode`` with a warning where it cannot compile (no C++ compiler).
+
+    The whole step is one graph (``fullgraph``), shapes static (a new batch size compiles again). Every ``Linear``
+    weight enters the graph as an input: its cached transposed copy (see ``seqmix.layers.Linear``), passed as
+    the [out, in] weight through ``functional_call``, so the one-row products stream it in the fast layout.
+    ``bind()`` takes those copies, refreshed if the weights changed, for one generation. Guards on module
+    attributes are skipped: the other parameters are read at every call, so in-place updates are seen, but
+    replacing a submodule needs a new model object. Compiling takes seconds to a minute; it pays off over
+    long generations (``seqmix bench --suite generate --compile`` times both).
+    """
+
+    def __init__(self, model):
+        self.model, self.failed = model, False
+        # dynamo counts compiled variants per function: each model and batch size adds two (the state after
+        # the prefill and after a step differ in strides), and one process may decode with many models
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
+        self.linears = {f"lm.{name}.weight": module for name, module in model.named_modules()
+                        if isinstance(module, Linear) and module.weight is not getattr(model.embed, "weight", None)}
+        self.compiled = torch.compile(self._step, fullgraph=True, dynamic=False,
+                                      options={"cpp_wrapper": True,
+                                               "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        self.wrapper = _DecodeStep(model)
+
+    def _step(self, weights, tokens, state):
+        return functional_call(self.wrapper, weights, (tokens, state), strict=False)
+
+    def bind(self) -> Callable:
+        """step(tokens, state) -> (logits, state) with the weights as they are now (no graph recorded)."""
+        with torch.no_grad():
+            weights = {name: linear.inference_weight().t() for name, linear in self.linears.items()}
+
+        def step(tokens, state):
+            if not self.failed:
+                try:
+                    return self.compiled(weights, tokens, state)
+                except Exception as error:  # inductor raises several types for a missing or broken toolchain
+                    self.failed = True
+                    first = str(error).splitlines()[0] if str(error) else ""
+                    warnings.warn(f"torch.compile could not build the decode step ({type(error).__name__}: {first}); "
+                                  "decoding uncompiled", RuntimeWarning, stacklevel=2)
+            return self.model.decode(tokens, state)
+        return step
+
+
+class TextStream:
+    """Turns token ids into text as they come, never splitting a character: each ``push`` returns only the text
+    that is final (a trailing incomplete UTF-8 sequence, decoded as U+FFFD, is held back); ``close`` returns
+    the rest. Works with any tokenizer whose ``decode`` maps ids to text (bytes or subwords)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.sent = tokenizer, [], 0
+
+    def push(self, ids: Sequence[int]) -> str:
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids)
+        final = len(text.rstrip("\ufffd"))
+        piece, self.sent = text[self.sent:final], max(self.sent, final)
+        return piece
+
+    def close(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.sent = text[self.sent:], len(text)
+        return piece
+
+
+def generate(model, prompt: str | Sequence[str], max_new_tokens: int = 200, *, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None, tokenizer=None,
+             stream: Callable[[str], None] | None = None, compile: bool = False,
+             timings: dict | None = None) -> str | list[str]:
+    """The model's continuation of ``prompt`` (text; the continuation only), or of each of several prompts.
+
+    Several prompts are decoded together, in one batch per prompt length in tokens (a recurrent state has no
+    padding). ``tokenizer``: anything with ``encode(text) -> ids`` and ``decode(ids) -> text`` (a
+    transformers tokenizer works); None = bytes, for byte-level models. ``stream``: called with each piece of
+    text as soon as it is final (one prompt only). ``timings`` sums ``sample``'s over the batches.
     """
     tokenizer = ByteTokenizer() if tokenizer is None else tokenizer
-    ids = tokenizer.encode(prompt)
-    if not ids:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("give at least one prompt")
+    if stream is not None and len(prompts) > 1:
+        raise ValueError(f"stream= prints one continuation as it is produced; got {len(prompts)} prompts")
+    ids = [tokenizer.encode(p) for p in prompts]
+    if not all(ids):
         raise ValueError("prompt must not be empty: the model needs at least one token to condition on")
-    out = sample(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-    return tokenizer.decode(out[0].tolist())
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(ids):
+        by_length.setdefault(len(p), []).append(i)
+    texts: list[str] = [""] * len(prompts)
+    for length, members in by_length.items():
+        on_token, text_stream = None, None
+        if stream is not None:
+            text_stream = TextStream(tokenizer)
+            on_token = lambda token: stream(text_stream.push(token[0].tolist()))  # noqa: E731
+        times: dict = {}
+        out = sample(model, torch.tensor([ids[i] for i in members]), max_new_tokens, temperature=temperature,
+                     top_k=top_k, seed=seed, timings=times, on_token=on_token, compile=compile)
+        if text_stream is not None:
+            stream(text_stream.close())
+        for row, i in enumerate(members):
+            texts[i] = tokenizer.decode(out[row].tolist())
+        if timings is not None:
+            for key, value in times.items():
+                timings[key] = timings.get(key, 0.0) + value
+    return texts[0] if isinstance(prompt, str) else texts

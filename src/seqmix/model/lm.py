@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from seqmix.ffn import FFNS
-from seqmix.layers import ShortConv, make_norm
+from seqmix.layers import Linear, ShortConv, make_norm
 from seqmix.mixers import MIXERS
 from seqmix.model.config import ModelConfig
 
@@ -97,7 +97,7 @@ class SeqMixLM(nn.Module):
         self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.embed_norm else None
         self.blocks = nn.ModuleList(blocks)
         self.norm = make_norm(c.norm, c.d_model, c.norm_eps if c.final_norm_eps is None else c.final_norm_eps)
-        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.head = Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.head.weight = self.embed.weight
 
@@ -135,6 +135,11 @@ class SeqMixLM(nn.Module):
         index, inside = documents
         logits = self._run(tokens.reshape(B * T)[index], None)
         return logits[inside].reshape(B, T, -1)  # the documents are in flattened order
+
+    def decode(self, tokens: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """``forward(tokens, state=state)`` for tokens the model sampled itself: ids taken from its own logits
+        always lie in the vocabulary, so the range check (a host synchronisation per call) is skipped."""
+        return self._run(tokens, state)
 
     def _run(self, tokens: torch.Tensor, state: list | None):
         x = self.embed(tokens)

@@ -186,7 +186,7 @@ def _untracked_without_autograd(form):
 
     @functools.wraps(form)
     def run(*args, **kwargs):
-        if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() or torch.is_inference_mode_enabled():
             return form(*args, **kwargs)
         with torch.inference_mode():
             result = form(*args, **kwargs)
@@ -270,27 +270,32 @@ def step(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, tau: Tensor, weights, ln_
     """One token, primal form: q, k, v [B, H, d], eta [B, H] -> out [B, H, d].
 
     S_i = S_{i-1} + η_i ∇ℓ_i(W⁽ⁿ⁾),  W_i = W⁽ⁿ⁾ − τ_i S_i,  z_i = f(q_i; W_i); at i = b the anchor becomes W_b.
+    Branch-free on the position (each sequence's own ``offset``, read on the device): no host synchronisation,
+    one graph for torch.compile, and the sequences of a batch may stand at different positions.
     """
     q, k, v, eta = q[:, :, None], k[:, :, None], v[:, :, None], eta[:, :, None]  # one-token sequences
     _check(q, k, v, eta, tau, weights, mini_batch_size)
-    B = q.shape[0]
-    Ws, Ss, r = _unpack(state, weights, B)
+    B, n = q.shape[0], len(weights)
+    state = initial_state(weights, B) if state is None else state
+    Ws, Ss, offset = [state[f"W{l}"] for l in range(1, n + 1)], [state[f"S{l}"] for l in range(1, n + 1)], state["offset"]
     target, weight_sq = _loss(k, v, ln_weight, ln_bias, ln_residual)
     acts, grads = _inner_grads(Ws, _aug(k), target, weight_sq)
     eta = eta[..., None]
-    grad_sums = [a.transpose(-1, -2) @ (eta * G) for a, G in zip(acts, grads)]  # outer products η_i A_iᵀ G_i
-    if Ss is not None:
-        grad_sums = [S + g for S, g in zip(Ss, grad_sums)]
-    W_now = [W - tau[r] * S for W, S in zip(Ws, grad_sums)]
+    grad_sums = [S + a.transpose(-1, -2) @ (eta * G) for S, a, G in zip(Ss, acts, grads)]  # S + η_i A_iᵀ G_i
+    W_now = [W - tau[offset].view(B, 1, 1, 1) * S for W, S in zip(Ws, grad_sums)]
     a = _aug(q)
     for l, W in enumerate(W_now):
         z = a @ W
         if l + 1 < len(W_now):
             a = _aug(gelu_tanh(z))
     out = _finish(q, z, ln_weight, ln_bias, ln_residual)[:, :, 0]
-    if r + 1 == mini_batch_size:
-        return out, _pack(W_now, None, 0, B, q.device)
-    return out, _pack(Ws, grad_sums, r + 1, B, q.device)
+    ends = (offset + 1 == mini_batch_size).view(B, 1, 1, 1)  # the mini-batch is complete: W_b is the anchor
+    new_state = {}
+    for l in range(n):
+        new_state[f"W{l + 1}"] = torch.where(ends, W_now[l], Ws[l])
+        new_state[f"S{l + 1}"] = grad_sums[l].masked_fill(ends, 0.0)
+    new_state["offset"] = (offset + 1) % mini_batch_size
+    return out, new_state
 
 
 def _dual_minibatch(Ws, Ss, kq, keys, queries, target, eta, update0, scores0, E, tau, weight_sq,

@@ -1,0 +1,173 @@
+"""Inference caches (transposed weights, parameter-only constants), the compiled decoder, streaming text and
+several prompts: decoding stays exact, and caches refresh whenever the weights change."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqmix import ModelConfig, SeqMixLM, available_mixers
+from seqmix.cli import main
+from seqmix.data.tokenizer import ByteTokenizer
+from seqmix.layers import Linear, cached
+from seqmix.layers.inference import INFERENCE_ROWS
+from seqmix.model.generate import CompiledDecoder, TextStream, generate, sample
+from seqmix.model.state import map_state
+from seqmix.train.checkpoint import save_checkpoint
+
+
+def test_cached_value_refreshes_on_in_place_update_and_on_replacement_and_is_never_used_in_training():
+    lin = Linear(3, 2)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return lin.weight.sum().clone()
+
+    with torch.no_grad():
+        first = cached(lin, "s", (lin.weight,), compute)
+        assert cached(lin, "s", (lin.weight,), compute) is first and len(calls) == 1  # kept
+        lin.weight.add_(1.0)  # an optimizer step: in place
+        assert torch.allclose(cached(lin, "s", (lin.weight,), compute), first + 6) and len(calls) == 2
+        lin.weight.data = torch.zeros(2, 3)  # replaced storage
+        assert cached(lin, "s", (lin.weight,), compute).item() == 0 and len(calls) == 3
+        lin.load_state_dict({"weight": torch.ones(2, 3), "bias": torch.zeros(2)})
+        assert cached(lin, "s", (lin.weight,), compute).item() == 6 and len(calls) == 4
+    cached(lin, "s", (lin.weight,), compute)  # autograd on: computed afresh, every time
+    cached(lin, "s", (lin.weight,), compute)
+    assert len(calls) == 6
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 5), (INFERENCE_ROWS + 1, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_inference_layout_equals_f_linear(shape, bias):
+    torch.manual_seed(0)
+    lin = Linear(5, 7, bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    expected = F.linear(x, lin.weight, lin.bias)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), expected, atol=1e-12, rtol=0)
+        parts = lin.parts(x, (3, 4))
+        residual = torch.randn(*shape[:-1], 7, dtype=torch.float64)
+        added = lin.add_to(residual, x)
+    assert torch.allclose(torch.cat(parts, -1), expected, atol=1e-12, rtol=0)
+    assert torch.allclose(added, residual + expected, atol=1e-12, rtol=0)
+    parts = lin.parts(x, (3, 4))  # training: one product per block of rows, gradients flow
+    torch.cat(parts, -1).sum().backward()
+    assert lin.weight.grad is not None and torch.allclose(torch.cat(parts, -1), expected, atol=1e-12, rtol=0)
+    assert "_inference_cache" in lin.__dict__ or len(shape) == 2 and shape[0] > INFERENCE_ROWS
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2", "rwkv4", "s4d", "ttt_linear"])
+def test_decoding_sees_every_weight_update(mixer):
+    """After a training step, decoding (which caches transposed weights and A = −exp(A_log) and the like)
+    equals a fresh copy of the updated model, which has no caches."""
+    torch.manual_seed(0)
+    model = SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2)).double()
+    tokens = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        model(tokens[:, :8], state=model.init_state(2))  # fills the caches
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    opt.step()
+    fresh = copy.deepcopy(model)
+    fresh.__dict__.pop("_inference_cache", None)
+    for m in fresh.modules():
+        m.__dict__.pop("_inference_cache", None)
+    with torch.no_grad():
+        state = model.init_state(2)
+        _, state = model(tokens[:, :8], state=state)
+        got, _ = model.decode(tokens[:, 8:], state)
+        expected = fresh(tokens)[:, 8:]
+    assert torch.allclose(got, expected, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("mixer", available_mixers())
+def test_a_decode_step_never_changes_its_input_state(mixer):
+    """Generation may try a step and drop it (the compiled decoder warms up that way), so no mixer may
+    update the state it is given in place."""
+    torch.manual_seed(0)
+    model = SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=1, n_heads=2)).eval()
+    with torch.inference_mode():
+        _, state = model(torch.randint(0, 256, (1, 5)), state=model.init_state(1))
+        before = map_state(torch.clone, state)
+        model.decode(torch.tensor([[7]]), state)
+        flat_before, flat_after = [], []
+        map_state(flat_before.append, before)
+        map_state(flat_after.append, state)
+    assert all(torch.equal(a, b) for a, b in zip(flat_before, flat_after))
+
+
+def _tiny(mixer="mamba"):
+    torch.manual_seed(0)
+    return SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2))
+
+
+def test_compiled_decoding_gives_the_same_tokens_and_sees_weight_updates():
+    model = _tiny()
+    prompt = torch.randint(0, 256, (2, 6))
+    timings = {}
+    eager = sample(model, prompt, 12, temperature=0)
+    compiled = sample(model, prompt, 12, temperature=0, compile=True, timings=timings)
+    assert torch.equal(compiled, eager) and timings["compile_seconds"] > 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # in place, as an optimizer would
+    assert torch.equal(sample(model, prompt, 12, temperature=0, compile=True), sample(model, prompt, 12, temperature=0))
+
+
+def test_compiled_decoder_falls_back_with_a_warning_when_it_cannot_compile(monkeypatch):
+    model = _tiny("gla")
+    decoder = CompiledDecoder(model)
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(decoder, "compiled", broken)
+    model.__dict__["_compiled_decoder"] = decoder
+    prompt = torch.randint(0, 256, (1, 4))
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*decoding uncompiled"):
+        out = sample(model, prompt, 8, temperature=0, compile=True)
+    assert torch.equal(out, sample(model, prompt, 8, temperature=0))
+
+
+def test_text_stream_never_splits_a_character():
+    tok = ByteTokenizer()
+    text = "añ€😀 ok"
+    stream, pieces = TextStream(tok), []
+    for b in tok.encode(text):
+        pieces.append(stream.push([b]))
+    pieces.append(stream.close())
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert pieces[:3] == ["a", "", "ñ"]  # ñ is two bytes: nothing until both have come
+    stream = TextStream(tok)  # bytes that never become a character are given out at the end
+    assert stream.push([0xE2, 0x82]) == "" and stream.close() == "\ufffd"
+
+
+def test_several_prompts_decode_together_as_each_alone():
+    model = _tiny("gla")
+    prompts = ["To be", "or", "not to", "be"]
+    together = generate(model, prompts, 10, temperature=0)
+    assert together == [generate(model, p, 10, temperature=0) for p in prompts]
+    streamed = []
+    assert generate(model, "To be", 10, temperature=0, stream=streamed.append) == together[0]
+    assert "".join(streamed) == together[0]
+    with pytest.raises(ValueError, match="one prompt only|2 prompts"):
+        generate(model, ["a", "b"], 3, stream=print)
+
+
+def test_cli_streams_one_prompt_and_prints_several(tmp_path, capsys):
+    model = _tiny("gla")
+    save_checkpoint(tmp_path / "ckpt", model, {"model": model.config.to_dict()}, {"step": 0})
+    base = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--max-new-tokens", "15", "--temperature", "0"]
+    assert main(base + ["--prompt", "ROMEO."]) == 0
+    streamed = capsys.readouterr()
+    assert main(base + ["--prompt", "ROMEO.", "--no-stream"]) == 0
+    assert capsys.readouterr().out == streamed.out
+    assert "tokens/s" in streamed.err and "1 × 15 new tokens" in streamed.err
+    assert main(base + ["--prompt", "ROMEO.", "--prompt", "JULIET.", "--batch", "2"]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("ROMEO.") == 2 and out.out.count("JULIET.") == 2 and "4 × 15 new tokens" in out.err
+    assert streamed.out.strip() in out.out
+    assert main(base + ["--batch", "0"]) == 2
+    assert "--batch=0: must be a positive integer" in capsys.readouterr().err
