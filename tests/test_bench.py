@@ -7,7 +7,8 @@ import pytest
 
 from seqmix.bench import cli
 from seqmix.bench.harness import measure_roofline
-from seqmix.bench.suites import ttt_forms_suite
+from seqmix import ModelConfig, SeqMixLM
+from seqmix.bench.suites import state_bytes, ttt_forms_suite
 
 
 def test_faster_from_needs_every_longer_length_to_win():
@@ -66,3 +67,23 @@ def test_fastest_block_ignores_a_block_slowed_by_interference():
     assert fastest_block(call, min_time=0.03, blocks=3) < 0.01
     delays = iter([0.05])
     assert time_block(call, min_time=0.03) >= 0.05  # one block would have reported the interference
+
+
+def test_bench_cli_generate_suite_times_whole_models_against_their_floor(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "measure_read_bandwidth", lambda: 10.0)
+    out = tmp_path / "generate.json"
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    args = parser.parse_args(["--suite", "generate", "--mixers", "gla,mamba", "--sizes", "16x1,32x2",
+                              "--batches", "1,3", "--rounds", "2", "--new-tokens", "3", "--out", str(out)])
+    assert cli.run(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 * 2 * 2 and {r["variant"] for r in rows} == {"eager"}
+    for r in rows:  # floor = (weights + the batch's state) / 10 GB/s
+        model = SeqMixLM(ModelConfig(mixer=r["mixer"], d_model=r["d_model"], n_layers=r["n_layers"], n_heads=1))
+        assert r["param_bytes"] == 4 * model.num_parameters()
+        assert r["floor_us"] == pytest.approx((r["param_bytes"] + state_bytes(model.init_state(r["batch"]))) / 1e4)
+        assert len(r["round_us"]) == 2 and r["us_per_token"] > 0 and r["products_us"] > 0
+    assert "| gla | d 16 × 1 | 3 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--sizes='16'"):
+        cli._sizes("16")

@@ -103,8 +103,9 @@ def _tiny(mixer="mamba"):
     return SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2))
 
 
-def test_compiled_decoding_gives_the_same_tokens_and_sees_weight_updates():
-    model = _tiny()
+@pytest.mark.parametrize("mixer", ["mamba", "attention"])  # a state of fixed size, and a growing KV cache
+def test_compiled_decoding_gives_the_same_tokens_and_sees_weight_updates(mixer):
+    model = _tiny(mixer)
     prompt = torch.randint(0, 256, (2, 6))
     timings = {}
     eager = sample(model, prompt, 12, temperature=0)
@@ -123,7 +124,7 @@ def test_compiled_decoder_falls_back_with_a_warning_when_it_cannot_compile(monke
     def broken(*args):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(decoder, "compiled", broken)
+    monkeypatch.setattr(decoder, "compiled", {False: broken, None: broken})
     model.__dict__["_compiled_decoder"] = decoder
     prompt = torch.randint(0, 256, (1, 4))
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*decoding uncompiled"):

@@ -116,17 +116,17 @@ def _fmt_decode(rows: list[dict]) -> str:
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
-    try:
-        return [tuple(int(v) for v in s.split("x")) for s in text.split(",") if s]  # type: ignore[misc]
-    except ValueError:
-        raise ValueError(f"--sizes={text!r}: give d_modelxlayers pairs, e.g. 256x4,512x8") from None
+    sizes = [s.split("x") for s in text.split(",") if s]
+    if not sizes or any(len(s) != 2 or not all(v.isdigit() and int(v) > 0 for v in s) for s in sizes):
+        raise ValueError(f"--sizes={text!r}: give d_modelxlayers pairs of positive integers, e.g. 256x4,512x8")
+    return [(int(d), int(n)) for d, n in sizes]
 
 
 def _fmt_generate(rows: list[dict]) -> str:
     get = {(r["mixer"], r["d_model"], r["n_layers"], r["batch"], r["variant"]): r for r in rows}
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    lines = ["| mixer | model | batch | weights | floor | " + " | ".join(f"{v} µs/step (× floor)" for v in variants)
-             + " |", "|---" * (5 + len(variants)) + "|"]
+    lines = ["| mixer | model | batch | weights | floor | products alone | "
+             + " | ".join(f"{v} µs/step (× floor)" for v in variants) + " |", "|---" * (6 + len(variants)) + "|"]
     for key in dict.fromkeys(k[:4] for k in get):
         first = get[(*key, variants[0])]
         cells = []
@@ -135,7 +135,7 @@ def _fmt_generate(rows: list[dict]) -> str:
             cells.append(f"{r['us_per_token']:,.0f} [{min(r['round_us']):,.0f}–{max(r['round_us']):,.0f}] "
                          f"({r['us_per_token'] / r['floor_us']:.1f}×)")
         lines.append(f"| {key[0]} | d {key[1]} × {key[2]} | {key[3]} | {first['param_bytes'] / 1e6:.1f} MB | "
-                     f"{first['floor_us']:,.0f} µs | " + " | ".join(cells) + " |")
+                     f"{first['floor_us']:,.0f} µs | {first['products_us']:,.0f} µs | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -199,7 +199,8 @@ def _run_generate(args, mixers: list[str]) -> int:
     rows = model_generate_suite(mixers, sizes, args.batches, args.new_tokens, read_gbs, args.rounds,
                                 args.compile, note)
     print(f"\ndecoding through sample(), greedy, float32, median [range] of {args.rounds} interleaved rounds of "
-          f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth:\n" + _fmt_generate(rows))
+          f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth; products alone = the model's matrix "
+          "products in the decode layout, nothing else:\n" + _fmt_generate(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": info, "read_gbs": read_gbs, "rows": rows}, indent=1))

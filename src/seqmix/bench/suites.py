@@ -13,7 +13,8 @@ import statistics
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqmix.bench.harness import Roofline, time_interleaved
+from seqmix.bench.harness import Roofline, time_block, time_interleaved
+from seqmix.layers import Linear
 from seqmix.mixers import MIXERS
 from seqmix.model import ModelConfig, SeqMixLM
 from seqmix.model.generate import sample
@@ -145,7 +146,9 @@ def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batche
                          read_gbs: float, rounds: int, compile: bool, progress=None) -> list[dict]:
     """Whole-model decoding through ``sample`` (greedy, after a 16-token prompt), byte vocabulary, float32:
     time per step by batch size, eager and (with ``compile``) compiled, in interleaved rounds, against the
-    memory floor: (parameter + state bytes) / ``read_gbs``, the time to read every weight and the state once."""
+    memory floor: (parameter + state bytes) / ``read_gbs``, the time to read every weight and the state once,
+    and against the model's matrix products alone in the decode layout (``products_us``, the fastest of 5: what
+    the BLAS makes of these weights, the part of a step no fusion of the other ops removes)."""
     rows = []
     variants = ["eager", "compiled"] if compile else ["eager"]
     for mixer in mixers:
@@ -154,7 +157,10 @@ def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batche
             model = SeqMixLM(ModelConfig(mixer=mixer, vocab_size=256, d_model=d_model, n_layers=n_layers,
                                          n_heads=max(1, d_model // 64))).float().eval()
             params = sum(p.numel() * p.element_size() for p in model.parameters())
+            weights_t = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, Linear)]
             for batch in batches:
+                rows_in = [torch.randn(batch, w.shape[0]) for w in weights_t]
+                products = min(time_block(lambda: [x @ w for x, w in zip(rows_in, weights_t)], 0.0) for _ in range(5))
                 prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(0))
                 floor = (params + state_bytes(model.init_state(batch))) / (read_gbs * 1e9)
                 seconds = {v: [] for v in variants}
@@ -170,6 +176,7 @@ def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batche
                 for v in variants:
                     row = {"suite": "generate", "mixer": mixer, "d_model": d_model, "n_layers": n_layers,
                            "batch": batch, "variant": v, "param_bytes": params, "floor_us": floor * 1e6,
+                           "products_us": products * 1e6,
                            "round_us": [s * 1e6 for s in seconds[v]],
                            "us_per_token": statistics.median(seconds[v]) * 1e6,
                            "compile_seconds": compile_seconds if v == "compiled" else None}

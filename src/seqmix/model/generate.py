@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 from seqmix.data.tokenizer import ByteTokenizer
 from seqmix.layers import Linear
+from seqmix.model.state import map_state
 
 
 def sample(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
@@ -51,7 +52,7 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
     was_training = model.training
     model.eval()
     prompt = prompt.to(device)
-    step = compiled_decoder(model).bind() if compile else model.decode
+    step = model.decode
     start = time.perf_counter()
     logits, state = model(prompt, state=model.init_state(prompt.shape[0]))  # checks the prompt's ids
     prefilled = time.perf_counter()
@@ -59,6 +60,7 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
         # (a state after the prefill and one after a step differ in strides), on a token made as the loop makes
         # them (an inference tensor); their results are dropped (states are never updated in place)
         warm = logits[:, -1].argmax(-1, keepdim=True)
+        step = compiled_decoder(model).bind(warm, state)
         step(warm, step(warm, state)[1])
         if timings is not None:
             timings["compile_seconds"] = time.perf_counter() - prefilled
@@ -110,7 +112,8 @@ class CompiledDecoder:
     """``model.decode`` compiled by torch.compile (inductor: C++ kernels and a C++ wrapper on CPU), falling back
     to ``model.decode`` with a warning where it cannot compile (no C++ compiler).
 
-    The whole step is one graph (``fullgraph``), shapes static (a new batch size compiles again). Every ``Linear``
+    The whole step is one graph (``fullgraph``). A shape that changes from call to call (attention's KV cache,
+    the batch size) compiles once more as a dynamic size, then never again. Every ``Linear``
     weight enters the graph as an input: its cached transposed copy (see ``seqmix.layers.Linear``), passed as
     the [out, in] weight through ``functional_call``, so the one-row products stream it in the fast layout.
     ``bind()`` takes those copies, refreshed if the weights changed, for one generation. Guards on module
@@ -121,29 +124,35 @@ class CompiledDecoder:
 
     def __init__(self, model):
         self.model, self.failed = model, False
-        # dynamo counts compiled variants per function: each model and batch size adds two (the state after
-        # the prefill and after a step differ in strides), and one process may decode with many models
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
+        # dynamo counts compiled variants per function, shared by every model: each adds about two (the state
+        # after the prefill and after a step differ in strides), and one process may decode with many models
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
         self.linears = {f"lm.{name}.weight": module for name, module in model.named_modules()
                         if isinstance(module, Linear) and module.weight is not getattr(model.embed, "weight", None)}
-        self.compiled = torch.compile(self._step, fullgraph=True, dynamic=False,
-                                      options={"cpp_wrapper": True,
-                                               "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+        self.compiled = {dynamic: torch.compile(self._step, fullgraph=True, dynamic=dynamic, options=options)
+                         for dynamic in (False, None)}  # static shapes, or sizes made dynamic once they change
         self.wrapper = _DecodeStep(model)
 
     def _step(self, weights, tokens, state):
         return functional_call(self.wrapper, weights, (tokens, state), strict=False)
 
-    def bind(self) -> Callable:
-        """step(tokens, state) -> (logits, state) with the weights as they are now (no graph recorded)."""
+    def bind(self, tokens: torch.Tensor, state: list) -> Callable:
+        """step(tokens, state) -> (logits, state) with the weights as they are now (no graph recorded), for
+        states like `state` after `tokens`: one eager step tells whether the state grows (a KV cache), which
+        is then compiled with dynamic sizes; a state of fixed size is compiled with static shapes (faster)."""
         with torch.no_grad():
             weights = {name: linear.inference_weight().t() for name, linear in self.linears.items()}
+            shapes = []
+            map_state(lambda t: shapes.append(t.shape), state)
+            map_state(lambda t: shapes.append(t.shape), self.model.decode(tokens, state)[1])
+        compiled = self.compiled[None if shapes[:len(shapes) // 2] != shapes[len(shapes) // 2:] else False]
 
         def step(tokens, state):
             if not self.failed:
                 try:
-                    return self.compiled(weights, tokens, state)
+                    return compiled(weights, tokens, state)
                 except Exception as error:  # inductor raises several types for a missing or broken toolchain
                     self.failed = True
                     first = str(error).splitlines()[0] if str(error) else ""
