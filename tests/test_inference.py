@@ -1,6 +1,7 @@
 """Inference caches (transposed weights, parameter-only constants), the compiled decoder, streaming text and
 several prompts: decoding stays exact, and caches refresh whenever the weights change."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -172,3 +173,14 @@ def test_cli_streams_one_prompt_and_prints_several(tmp_path, capsys):
     assert streamed.out.strip() in out.out
     assert main(base + ["--batch", "0"]) == 2
     assert "--batch=0: must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one compilation per mixer, about 10 s each
+@pytest.mark.parametrize("mixer", available_mixers())
+def test_every_mixer_decodes_compiled_with_the_same_tokens(mixer):
+    model = _tiny(mixer)
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager decoding fails the test
+        compiled = sample(model, prompt, 6, temperature=0, compile=True)
+    assert torch.equal(compiled, sample(model, prompt, 6, temperature=0))
