@@ -164,3 +164,65 @@ def test_bad_shapes_are_refused():
         dr.chunked(q, k, v, a, b, log_w[..., :3])
     with pytest.raises(ValueError, match="do not match"):
         dr.parallel(q, k, v, a[..., :3], b, log_w)
+
+
+def _gated_inputs(T, decay=True, B=2, H=3, Dk=8, Dv=5):
+    q, k, v, _, _, _ = _inputs(B=B, H=H, T=T, Dk=Dk, Dv=Dv)
+    k = F.normalize(k, dim=-1)
+    beta = torch.rand(B, H, T, dtype=F64)
+    log_alpha = -torch.rand(B, H, T, dtype=F64) if decay else None
+    return q, k, v, beta, log_alpha
+
+
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("T", [1, 15, 37, 100])
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_gated_chunked_equals_the_rule_per_token(decay, T, chunk_size):
+    """The specialised chunked form against the gated delta rule written out per token (α = 1: DeltaNet)."""
+    q, k, v, beta, log_alpha = _gated_inputs(T, decay)
+    S0 = torch.randn(2, 3, 8, 5, dtype=F64)
+    alpha = torch.ones(2, 3, T, dtype=F64) if log_alpha is None else log_alpha.exp()
+    expected, S_end = _gated_delta_rule_per_token(q * 0.6, k, v, beta[..., None], alpha, S0, decay_first=False)
+    for start in (None, S0):
+        o, S = dr.gated_chunked(q, k, v, beta, log_alpha, start, scale=0.6, chunk_size=chunk_size)
+        if start is None:  # from zero: compare with the general chunked form under the documented mapping
+            b = beta[..., None] * k * (1 if log_alpha is None else log_alpha.exp()[..., None])
+            ref, S_ref = dr.chunked(q, k, beta[..., None] * v, -k, b, log_alpha, None, 0.6, chunk_size)
+        else:
+            ref, S_ref = expected, S_end
+        assert_close(o, ref, what="gated_chunked output")
+        assert_close(S, S_ref, what="gated_chunked state")
+
+
+def test_gated_chunked_state_cut_at_unaligned_positions():
+    q, k, v, beta, log_alpha = _gated_inputs(100)
+    full, S_full = dr.gated_chunked(q, k, v, beta, log_alpha, chunk_size=32)
+    S, outs = None, []
+    for i, j in [(0, 7), (7, 40), (40, 41), (41, 100)]:
+        o, S = dr.gated_chunked(*(x[:, :, i:j] for x in (q, k, v, beta, log_alpha)), S, chunk_size=32)
+        outs.append(o)
+    assert_close(torch.cat(outs, 2), full)
+    assert_close(S, S_full)
+
+
+def test_gated_chunked_gradcheck():
+    q, k, v, beta, log_alpha = _gated_inputs(7, B=1, H=1, Dk=3, Dv=2)  # two chunks, one padded
+    S0 = torch.randn(1, 1, 3, 2, dtype=F64)
+    args = [t.requires_grad_() for t in (q, k, v, beta, log_alpha, S0)]
+    assert torch.autograd.gradcheck(lambda q, k, v, beta, g, S0: dr.gated_chunked(q, k, v, beta, g, S0, 0.7, 4), args)
+
+
+def test_gated_chunked_float32_long_sequence():
+    q, k, v, beta, log_alpha = (x.float() for x in _gated_inputs(4096, B=1, H=2, Dk=16, Dv=8))
+    o, S = dr.gated_chunked(q, k, v, beta, log_alpha * 0.05, chunk_size=64)
+    ref, S_ref = dr.gated_chunked(*(x.double() for x in (q, k, v, beta, log_alpha * 0.05)), chunk_size=64)
+    assert_close(o.double(), ref, atol=1e-4, rtol=1e-4, what="float32 vs float64")
+    assert_close(S.double(), S_ref, atol=1e-4, rtol=1e-4, what="float32 state")
+
+
+def test_gated_chunked_bad_shapes_are_refused():
+    q, k, v, beta, log_alpha = _gated_inputs(5)
+    with pytest.raises(ValueError, match="do not match"):
+        dr.gated_chunked(q, k, v, beta[..., :3], log_alpha)
+    with pytest.raises(ValueError, match="log_alpha"):
+        dr.gated_chunked(q, k, v, beta, log_alpha[:, :1])

@@ -22,10 +22,12 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(p) -> None:
-    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "all"], default="all",
+    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "gated-delta", "all"], default="all",
                    help="all = forward + decode + the TTT forms table; ttt = the TTT forms table, then forward "
                         "and decode of TTT-Linear, TTT-MLP and attention; generate = whole models decoding "
-                        f"through sample() against their memory floor (default mixers {GENERATE_MIXERS})")
+                        f"through sample() against their memory floor (default mixers {GENERATE_MIXERS}); gated-delta = the "
+                        "gated delta rule against transformers' Qwen3-Next torch path, same inputs, head_dim = "
+                        "d_model / n_heads, at --lengths")
     p.add_argument("--mixers", default=None,
                    help=f"comma-separated mixer names (see available_mixers()); default {DEFAULT_MIXERS} "
                         f"({TTT_MIXERS} for --suite ttt)")
@@ -145,6 +147,8 @@ def run(args) -> int:
     mixers = [m for m in (args.mixers or default).split(",") if m]
     if args.suite == "generate":
         return _run_generate(args, mixers)
+    if args.suite == "gated-delta":
+        return _run_gated_delta(args)
     options = json.loads(args.mixer_options)
     official = load_official(args.ttt_official) if args.ttt_official and args.suite in ("ttt", "all") else None
     roof = measure_roofline()
@@ -204,5 +208,29 @@ def _run_generate(args, mixers: list[str]) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": info, "read_gbs": read_gbs, "rows": rows}, indent=1))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _run_gated_delta(args) -> int:
+    from seqmix.bench.hf_fallback import gated_delta_suite
+
+    info = machine_info()
+    head_dim = args.d_model // args.n_heads
+    print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}")
+    note = lambda r: print(f"  L={r['L']}: transformers {r['transformers_ms']:.1f} ms, seqmix {r['seqmix_ms']:.1f} ms "  # noqa: E731
+                           f"(outputs agree to {r['relative_error']:.1e})", flush=True)
+    rows = gated_delta_suite(args.lengths, args.n_heads, head_dim, args.rounds, args.min_time, progress=note)
+    lines = ["| L | transformers `torch_chunk_gated_delta_rule` | seqmix `delta_rule.gated_chunked` | speed-up |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['L']} | {r['transformers_ms']:.1f} ms [{min(r['transformers_round_ms']):.1f}–"
+                     f"{max(r['transformers_round_ms']):.1f}] | {r['seqmix_ms']:.1f} ms [{min(r['seqmix_round_ms']):.1f}–"
+                     f"{max(r['seqmix_round_ms']):.1f}] | {r['speedup']:.2f}× |")
+    print(f"\ngated delta rule, batch 1, {args.n_heads} heads of {head_dim}, chunk 64, float32, median [range] of "
+          f"{args.rounds} interleaved rounds:\n" + "\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
         print(f"\nwrote {args.out}")
     return 0

@@ -1,6 +1,7 @@
 """DeltaNet (Yang et al. 2024) and Gated DeltaNet (Yang, Kautz, Hatamizadeh 2025): the delta rule with
 L2-normalised queries and keys, a short convolution with SiLU over q, k, v, and a gated RMSNorm on the output.
-Both are cases of ``ops.delta_rule`` (see its docstring for how α, β and k map onto it)."""
+The chunked form is ``ops.delta_rule.gated_chunked`` (the rule's own structure); the step is the general rule's
+(see ``ops.delta_rule`` for how α, β and k map onto it)."""
 from __future__ import annotations
 
 import torch
@@ -74,21 +75,20 @@ class GatedDeltaNet(Mixer):
             q, k, v = F.silu(qkv).split([H * self.dk, H * self.dk, H * self.dv], dim=-1)
         q, k, v = F.normalize(split_heads(q, H), dim=-1), F.normalize(split_heads(k, H), dim=-1), split_heads(v, H)
         beta = torch.sigmoid(self.beta(x)).transpose(1, 2)  # [B, H, T]
-        v = v * beta[..., None]
+        log_alpha = None
         if self.gate:  # log α = −exp(A_log) · softplus(W_α x + dt_bias), a per-head decay in (0, 1]
             A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
-            log_w = (A * F.softplus(self.alpha(x) + self.dt_bias)).transpose(1, 2)
-            b = k * (log_w.exp() * beta)[..., None]  # b carries the decay: a reads the state before it
-        else:
-            log_w, b = None, k * beta[..., None]
+            log_alpha = (A * F.softplus(self.alpha(x) + self.dt_bias)).transpose(1, 2)
         S = None if state is None else state["S"]
         scale = self.dk ** -0.5
-        if T == 1 and state is not None:
-            o, S = op.step(q[:, :, 0], k[:, :, 0], v[:, :, 0], -k[:, :, 0], b[:, :, 0],
-                           None if log_w is None else log_w[:, :, 0], S, scale)
+        if T == 1 and state is not None:  # the general rule's step: a = −k, b = α β k (b carries the decay)
+            q1, k1, beta1 = q[:, :, 0], k[:, :, 0], beta[:, :, 0, None]
+            alpha1 = None if log_alpha is None else log_alpha[:, :, 0]
+            b1 = k1 * beta1 if alpha1 is None else k1 * (alpha1.exp()[..., None] * beta1)
+            o, S = op.step(q1, k1, v[:, :, 0] * beta1, -k1, b1, alpha1, S, scale)
             o = o[:, :, None]
         else:
-            o, S = op.chunked(q, k, v, -k, b, log_w, S, scale, self.chunk_size)
+            o, S = op.gated_chunked(q, k, v, beta, log_alpha, S, scale, self.chunk_size)
         new_state["S"] = S
         y = self.out(self.norm(merge_heads(o), self.out_gate(x)))
         return y, (None if state is None else new_state)

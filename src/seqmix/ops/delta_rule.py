@@ -196,3 +196,56 @@ def step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | 
     state = torch.addcmul(torch.addcmul(decayed, b.unsqueeze(-1), read), k.unsqueeze(-1), v.unsqueeze(-2))
     out = ((q * scale).unsqueeze(-2) @ state).squeeze(-2)
     return out, state
+
+
+def gated_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tensor | None = None,
+                  state: Tensor | None = None, scale: float = 1.0, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """The gated delta rule S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = S_tᵀ (scale · q_t), chunked
+    with its own structure: the removal and the write share the key, so one triangular system per chunk
+    replaces the general form's two score pairs and [Dk, Dk] transitions (about half the arithmetic).
+
+    Inside a chunk from S_0, with G_t = Σ_{s≤t} log α_s: α_t S_{t−1} = e^{G_t} S_0 + Σ_{s<t} e^{G_t−G_s} k_s u_sᵀ, so
+    S_t = e^{G_t} S_0 + Σ_{s≤t} e^{G_t−G_s} k_s u_sᵀ with the written values u_t = β_t (v_t − (α_t S_{t−1})ᵀ k_t):
+
+        (I + A) U = β V − (β e^G K) S_0,   A[t, s] = β_t e^{G_t−G_s} k_tᵀ k_s  (s < t)
+        U = Ũ − W S_0,   Ũ = (I + A)⁻¹ β V,   W = (I + A)⁻¹ (β e^G K)      (all chunks at once)
+        O = (e^G Q) S_0 + (Q Kᵀ ⊙ e^{G_t−G_s})_{s≤t} U,   S_end = e^{G_C} S_0 + (e^{G_C−G} K)ᵀ U    (chunk by chunk)
+
+    Every exponent is ≤ 0. q, k [B, H, T, Dk], v [B, H, T, Dv], beta [B, H, T], log_alpha [B, H, T] (≤ 0) or
+    None (DeltaNet). Equal to ``chunked(q, k, β v, −k, e^{log α} β k, log α)``, the general form's mapping.
+    """
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    if k.shape != q.shape or v.shape[:3] != (B, H, T) or beta.shape != (B, H, T) or (
+            log_alpha is not None and log_alpha.shape != (B, H, T)):
+        raise ValueError(f"delta_rule.gated_chunked: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
+                         f"beta {tuple(beta.shape)}, log_alpha "
+                         f"{None if log_alpha is None else tuple(log_alpha.shape)} do not match")
+    S = q.new_zeros(B, H, Dk, Dv) if state is None else state
+    C = gla.chunk_length(T, chunk_size, power_of_two=True)  # the recursive-doubling solve halves chunks
+    g = q.new_zeros(B, H, T) if log_alpha is None else log_alpha
+    pad = (-T) % C
+    if pad:  # padding with k = v = β = 0 and log α = 0 changes nothing
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta, g = F.pad(beta, (0, pad)), F.pad(g, (0, pad))
+    N = (T + pad) // C
+    q, k, v = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q * scale, k, v))
+    G = g.reshape(B, H, N, C).cumsum(-1)  # ≤ 0, non-increasing within a chunk
+    beta = beta.reshape(B, H, N, C, 1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # e^{G_t−G_s}, s ≤ t
+    A = (k @ k.transpose(-1, -2)) * decay * beta  # row t scaled by β_t
+    solved = _UnitLowerSolve.apply(-A.tril(-1), torch.cat([beta * v, beta * G.exp()[..., None] * k], dim=-1))
+    U_local, W = solved.split([Dv, Dk], dim=-1)
+    scores = (q @ k.transpose(-1, -2)) * decay
+    read = torch.cat([q * G.exp()[..., None], W], dim=-2)  # [e^G Q; W]: both read S_0, in one product
+    k_to_end = (k * (G[..., -1:] - G).exp()[..., None]).transpose(-1, -2)  # [B, H, N, Dk, C]
+    chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+    outs = []
+    for n in range(N):
+        q_S, W_S = (read[:, :, n] @ S).split(C, dim=-2)
+        U = U_local[:, :, n] - W_S
+        outs.append(torch.baddbmm(q_S.flatten(0, 1), scores[:, :, n].flatten(0, 1), U.flatten(0, 1)))
+        S = torch.baddbmm((chunk_decay[:, :, n] * S).flatten(0, 1), k_to_end[:, :, n].flatten(0, 1),
+                          U.flatten(0, 1)).view(B, H, Dk, Dv)
+    return torch.stack(outs, dim=1).reshape(B, H, N * C, Dv)[:, :, :T], S
