@@ -156,12 +156,18 @@ B, T = 2, 23
 CU = torch.tensor([0, 5, 6, 17, 23, 30, 46])  # a one-token document; 23 is also the row end; 23..30 in row 2
 
 
-@pytest.mark.parametrize("mixer, mixer_conv", [(m, 0) for m in available_mixers()] + [("gla", 3), ("attention", 3)])
-def test_packed_documents_are_isolated_for_every_mixer(mixer, mixer_conv):
+PRODUCTION_SETTINGS = [("attention", 0, {"n_kv_heads": 1, "qk_norm": True, "rope_fraction": 0.5, "output_gate": True}),
+                       ("gated_deltanet", 0, {"n_k_heads": 1, "head_dim_k": 8, "head_dim_v": 12})]
+
+
+@pytest.mark.parametrize("mixer, mixer_conv, options", [(m, 0, {}) for m in available_mixers()]
+                         + [("gla", 3, {}), ("attention", 3, {})] + PRODUCTION_SETTINGS)
+def test_packed_documents_are_isolated_for_every_mixer(mixer, mixer_conv, options):
     """Packed logits equal each document run alone, in the chunked form and one token at a time through the
     state (float64); changing one document changes no logit of another. Also with a short conv before the mixer."""
     torch.manual_seed(0)
-    model = SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, mixer_conv=mixer_conv)).double().eval()
+    model = SeqMixLM(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, mixer_conv=mixer_conv,
+                                 mixer_options=options)).double().eval()
     tokens = torch.randint(0, 256, (B, T))
     with torch.no_grad():
         packed = model(tokens, cu_seqlens=CU).reshape(B * T, -1)

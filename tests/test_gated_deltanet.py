@@ -11,12 +11,12 @@ def _paper_recurrence(m, x):
     """S_t = α_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ (value × key), o_t = S_t q_t / √d_k, then the output
     gate and projection, from the mixer's own layers."""
     B, T, _ = x.shape
-    H, dk, dv = m.n_heads, m.dk, m.dv
+    H, Hk, dk, dv = m.n_heads, m.n_k_heads, m.dk, m.dv
     qkv = torch.cat([m.q(x), m.k(x), m.v(x)], dim=-1)
     qkv = F.silu(m.conv(qkv)[0])
-    q, k, v = qkv.split([H * dk, H * dk, H * dv], dim=-1)
-    q = F.normalize(q.view(B, T, H, dk), dim=-1)
-    k = F.normalize(k.view(B, T, H, dk), dim=-1)
+    q, k, v = qkv.split([Hk * dk, Hk * dk, H * dv], dim=-1)
+    q, k = (t.view(B, T, Hk, dk).repeat_interleave(H // Hk, dim=2) for t in (q, k))  # key head j serves j·r …
+    q, k = (t / (t.square().sum(-1, keepdim=True) + 1e-6).sqrt() for t in (q, k))  # flash-linear-attention's L2 norm
     v = v.view(B, T, H, dv)
     beta = torch.sigmoid(m.beta(x))  # [B, T, H]
     alpha = torch.exp(-torch.exp(m.A_log) * F.softplus(m.alpha(x) + m.dt_bias)) if m.gate else torch.ones_like(beta)
@@ -32,7 +32,8 @@ def _paper_recurrence(m, x):
 
 
 @pytest.mark.parametrize("name, options", [("gated_deltanet", {}), ("deltanet", {}),
-                                           ("gated_deltanet", {"expand_v": 2, "chunk_size": 8})])
+                                           ("gated_deltanet", {"head_dim_v": 16, "chunk_size": 8}),
+                                           ("gated_deltanet", {"n_k_heads": 1, "head_dim_k": 6, "head_dim_v": 10})])
 def test_mixer_follows_the_papers_recurrence(name, options):
     torch.manual_seed(0)
     m = MIXERS.build(name, 16, 2, options={"chunk_size": 4, **options}).double()
@@ -55,10 +56,11 @@ def test_gradients_of_the_chunked_form_are_exact():
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("gated_deltanet", {"chunk_size": 12}, "chunk_size=12: must be a power of two"),
+    ("gated_deltanet", {"chunk_size": 12}, r"chunk_size=12: must be an integer \(a power of two\)"),
+    ("gated_deltanet", {"n_k_heads": 3}, "n_k_heads=3: must divide n_heads=2"),
     ("gated_deltanet", {"gate": 1}, "gate=1: must be True or False"),
     ("deltanet", {"gate": True}, "unknown option"),
-    ("deltanet", {"expand_v": 0.3}, "expand_v=0.3"),
+    ("deltanet", {"head_dim_v": 0.5}, "head_dim_v=0.5"),
     ("gated_deltanet", {"d_conv": -1}, "d_conv=-1"),
 ])
 def test_bad_options_are_refused_by_name(name, options, message):

@@ -10,6 +10,13 @@ def test_any_split_invariant_every_mixer(mixer):
     assert_any_split(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2))
 
 
+@pytest.mark.parametrize("mixer, options", [
+    ("gated_deltanet", {"n_k_heads": 1, "head_dim_k": 8, "head_dim_v": 12, "chunk_size": 4}),
+    ("attention", {"n_kv_heads": 1, "qk_norm": True, "rope_fraction": 0.5, "output_gate": True, "bias": True})])
+def test_any_split_invariant_with_production_settings(mixer, options):
+    assert_any_split(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, mixer_options=options))
+
+
 @pytest.mark.parametrize("mixer", ["attention", "gla", "mamba", "rwkv7"])
 def test_any_split_with_a_short_conv_before_the_mixer(mixer):
     config = ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, ffn="none", mixer_conv=3,

@@ -83,7 +83,7 @@ def _admits(annotation, value) -> bool:
 def _describe(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
-        return f"{_describe(args[0])} {' and '.join(rule.text for rule in annotation.__metadata__)}"
+        return f"{_describe(args[0])} ({' and '.join(rule.text for rule in annotation.__metadata__)})"
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is Literal:

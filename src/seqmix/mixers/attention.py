@@ -1,43 +1,77 @@
-"""Multi-head causal softmax attention with RoPE, a KV cache and an optional sliding window."""
+"""Multi-head causal softmax attention with RoPE, a KV cache, an optional sliding window, and the settings
+production models use: grouped-query heads, an explicit head width, QK-norm, partial or no rotary embedding,
+an output gate (Qwen3-Next's) and projection biases."""
 from __future__ import annotations
 
 import torch
 
-from seqmix.layers import Linear, apply_rope
+from seqmix.layers import Linear, RMSNorm, apply_rope
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import attention as op
+from seqmix.registry import POSITIVE, Annotated, Rule
+
+FRACTION = Rule("in (0, 1]", lambda v: 0 < v <= 1)
 
 
 @register_mixer("attention")
 class Attention(Mixer):
-    """q, k, v projections -> RoPE -> softmax attention (ops.attention) -> output projection.
+    """q, k, v projections -> [QK-norm] -> RoPE -> softmax attention (ops.attention) -> [· σ(W_g x)] -> W_o.
 
-    Options: ``window`` (None = full causal; an int = sliding window with a rolling cache),
-    ``rope`` (bool), ``rope_theta``, ``chunk_size`` (query block size when continuing from a cache).
-    State: {"k", "v": [B, H, S, D] cache, "pos": [B] tokens seen so far}.
+    Options: ``window`` (None = full causal; an int = sliding window with a rolling cache), ``rope`` (bool),
+    ``rope_theta``, ``rope_fraction`` (RoPE on the first fraction of each head's channels, the rest pass
+    through: partial rotary), ``n_kv_heads`` (grouped-query attention: n_heads / n_kv_heads query heads share
+    each key/value head; None = n_heads), ``head_dim`` (None = d_model / n_heads), ``qk_norm`` (RMSNorm of q and
+    k over each head's channels, before RoPE, with ``norm_eps``), ``output_gate`` (o ← o ⊙ σ(W_g x) before the
+    output projection), ``bias`` (biases on the four projections), ``chunk_size`` (query block size when
+    continuing from a cache). One fused projection computes q, k, v (and the gate).
+    State: {"k", "v": [B, n_kv_heads, S, head_dim] cache, "pos": [B] tokens seen so far}.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 window: int | None = None, rope: bool = True, rope_theta: float = 10000.0, chunk_size: int = 256):
+                 window: Annotated[int, POSITIVE] | None = None, rope: bool = True,
+                 rope_theta: Annotated[float, POSITIVE] = 10000.0, rope_fraction: Annotated[float, FRACTION] = 1.0,
+                 n_kv_heads: Annotated[int, POSITIVE] | None = None, head_dim: Annotated[int, POSITIVE] | None = None,
+                 qk_norm: bool = False, norm_eps: Annotated[float, POSITIVE] = 1e-6, output_gate: bool = False,
+                 bias: bool = False, chunk_size: Annotated[int, POSITIVE] = 256):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        if window is not None and (not isinstance(window, int) or window < 1):
-            raise ValueError(f"attention option window={window!r}: must be a positive int or None")
-        self.window, self.rope, self.rope_theta, self.chunk_size = window, rope, rope_theta, chunk_size
-        self.qkv = Linear(d_model, 3 * d_model, bias=False)
-        self.out = Linear(d_model, d_model, bias=False)
+        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads % self.n_kv_heads:
+            raise ValueError(f"attention option n_kv_heads={n_kv_heads}: must divide n_heads={n_heads}")
+        self.head_dim = head_dim or self.head_dim
+        self.rope_dims = int(self.head_dim * rope_fraction) if rope else 0
+        if rope and (self.rope_dims < 2 or self.rope_dims % 2):
+            raise ValueError(f"attention option rope_fraction={rope_fraction}: head_dim {self.head_dim} × fraction "
+                             f"= {self.rope_dims} rotated channels; RoPE needs an even number ≥ 2")
+        self.window, self.rope_theta, self.chunk_size, self.output_gate = window, rope_theta, chunk_size, output_gate
+        q_width, kv_width = n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.widths = (q_width, kv_width, kv_width) + ((q_width,) if output_gate else ())
+        self.qkv = Linear(d_model, sum(self.widths), bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.out = Linear(q_width, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
-        empty = self._zeros(batch_size, self.n_heads, 0, self.head_dim)
+        empty = self._zeros(batch_size, self.n_kv_heads, 0, self.head_dim)
         pos = torch.zeros(batch_size, dtype=torch.long, device=empty.device)
         return {"k": empty, "v": empty.clone(), "pos": pos}
 
+    def _rotate(self, q, k, positions):
+        r = self.rope_dims
+        if r == self.head_dim:
+            return apply_rope((q, k), positions, self.rope_theta)
+        q_rot, k_rot = apply_rope((q[..., :r], k[..., :r]), positions, self.rope_theta)
+        return torch.cat([q_rot, q[..., r:]], -1), torch.cat([k_rot, k[..., r:]], -1)
+
     def forward(self, x, state=None, shared=None):
         T = x.shape[1]
-        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        start = 0 if state is None else state["pos"][:, None]
-        if self.rope:
-            positions = torch.arange(T, device=x.device) + start
-            q, k = apply_rope((q, k), positions, self.rope_theta)
+        parts = self.qkv.parts(x, self.widths)
+        q, k, v = split_heads(parts[0], self.n_heads), split_heads(parts[1], self.n_kv_heads), \
+            split_heads(parts[2], self.n_kv_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_dims:
+            start = 0 if state is None else state["pos"][:, None]
+            q, k = self._rotate(q, k, torch.arange(T, device=x.device) + start)
         if state is None:
             # full causal: one SDPA call; a window: query blocks against a rolling cache, so memory is
             # O(chunk · (chunk + window)) rather than a T × T mask
@@ -45,11 +79,16 @@ class Attention(Mixer):
                 o, _ = op.parallel(q, k, v)
             else:
                 o, _ = op.chunked(q, k, v, window=self.window, chunk_size=self.chunk_size)
-            return self.out(merge_heads(o)), None
-        cache = (state["k"], state["v"])
-        if T == 1:
-            o, (kc, vc) = op.step(q[:, :, 0], k[:, :, 0], v[:, :, 0], cache, self.window)
-            o = o[:, :, None]
+            new_state = None
         else:
-            o, (kc, vc) = op.chunked(q, k, v, cache, self.window, chunk_size=self.chunk_size)
-        return self.out(merge_heads(o)), {"k": kc, "v": vc, "pos": state["pos"] + T}
+            cache = (state["k"], state["v"])
+            if T == 1:
+                o, (kc, vc) = op.step(q[:, :, 0], k[:, :, 0], v[:, :, 0], cache, self.window)
+                o = o[:, :, None]
+            else:
+                o, (kc, vc) = op.chunked(q, k, v, cache, self.window, chunk_size=self.chunk_size)
+            new_state = {"k": kc, "v": vc, "pos": state["pos"] + T}
+        o = merge_heads(o)
+        if self.output_gate:
+            o = o * torch.sigmoid(parts[3])
+        return self.out(o), new_state

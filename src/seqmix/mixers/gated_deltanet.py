@@ -11,6 +11,13 @@ from seqmix.layers import GatedRMSNorm, Linear, ShortConv, cached
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.mixers.mamba import inverse_softplus_dt
 from seqmix.ops import delta_rule as op
+from seqmix.registry import NON_NEGATIVE, POSITIVE, POWER_OF_TWO, Annotated
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(Σ x² + eps) over the last dimension: flash-linear-attention's (and transformers') form, which
+    Gated DeltaNet checkpoints were trained with (F.normalize divides by max(‖x‖, eps) instead)."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
 
 
 @register_mixer("gated_deltanet")
@@ -22,35 +29,30 @@ class GatedDeltaNet(Mixer):
     α_t = exp(−exp(A_log) · softplus(W_α x_t + dt_bias)) per head (Mamba-2's decay, as in the paper and
     flash-linear-attention's layer); y = W_o · GatedRMSNorm_head(o, W_g x).
 
-    Options: ``gate`` (the decay α; False = DeltaNet), ``expand_v`` (value head width = expand_v · d_k),
-    ``d_conv`` (conv width; 0 = no conv), ``chunk_size`` (the chunked form's chunk, a power of two),
-    ``norm_eps``. Init: A ~ U[1, 16] (flash-linear-attention draws U[0, 16]; the lower bound keeps log A
-    finite), Δ log-uniform in [1e-3, 1e-1] as in Mamba-2.
-    State: {"conv": [B, d_conv−1, H(2 d_k + d_v)] (if d_conv), "S": [B, H, d_k, d_v]}.
+    Heads: ``n_heads`` value heads, each with its own β, α, state and output; ``n_k_heads`` query/key heads
+    (None = n_heads), each serving n_heads / n_k_heads consecutive value heads (Qwen3-Next's grouped layout).
+    Options: ``gate`` (the decay α; False = DeltaNet), ``head_dim_k`` (None = d_model / n_heads),
+    ``head_dim_v`` (None = head_dim_k), ``d_conv`` (conv width; 0 = no conv), ``chunk_size`` (the chunked
+    form's chunk, a power of two), ``norm_eps``. Init: A ~ U[1, 16] (flash-linear-attention draws U[0, 16];
+    the lower bound keeps log A finite), Δ log-uniform in [1e-3, 1e-1] as in Mamba-2.
+    State: {"conv": [B, d_conv−1, H_k(2 d_k) + H d_v] (if d_conv), "S": [B, H, d_k, d_v]}.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, gate: bool = True,
-                 expand_v: float = 1, d_conv: int = 4, chunk_size: int = 32, norm_eps: float = 1e-5):
+                 n_k_heads: Annotated[int, POSITIVE] | None = None,
+                 head_dim_k: Annotated[int, POSITIVE] | None = None,
+                 head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
+                 chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        name = self.registered_name
-        if not isinstance(gate, bool):
-            raise ValueError(f"{name} option gate={gate!r}: must be True or False")
-        if not isinstance(d_conv, int) or isinstance(d_conv, bool) or d_conv < 0:
-            raise ValueError(f"{name} option d_conv={d_conv!r}: must be a non-negative integer (0 = no conv)")
-        if (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
-                or chunk_size & (chunk_size - 1)):
-            raise ValueError(f"{name} option chunk_size={chunk_size!r}: must be a power of two")
-        dv = expand_v * self.head_dim if isinstance(expand_v, (int, float)) and not isinstance(expand_v, bool) else 0
-        if not dv >= 1 or dv != int(dv):
-            raise ValueError(f"{name} option expand_v={expand_v!r}: expand_v · head_dim ({self.head_dim}) must be a "
-                             "positive integer")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or not norm_eps > 0:
-            raise ValueError(f"{name} option norm_eps={norm_eps!r}: must be a positive number")
-        H, dk, dv = n_heads, self.head_dim, int(dv)
-        self.gate, self.dk, self.dv, self.chunk_size = gate, dk, dv, chunk_size
-        self.q, self.k, self.v = Linear(d_model, H * dk, bias=False), Linear(d_model, H * dk, bias=False), \
+        Hk = n_heads if n_k_heads is None else n_k_heads
+        if n_heads % Hk:
+            raise ValueError(f"{self.registered_name} option n_k_heads={n_k_heads}: must divide n_heads={n_heads}")
+        H, dk = n_heads, head_dim_k or self.head_dim
+        dv = head_dim_v or dk
+        self.gate, self.n_k_heads, self.dk, self.dv, self.chunk_size = gate, Hk, dk, dv, chunk_size
+        self.q, self.k, self.v = Linear(d_model, Hk * dk, bias=False), Linear(d_model, Hk * dk, bias=False), \
             Linear(d_model, H * dv, bias=False)
-        self.conv = ShortConv(H * (2 * dk + dv), d_conv, bias=False) if d_conv else None
+        self.conv = ShortConv(Hk * 2 * dk + H * dv, d_conv, bias=False) if d_conv else None
         self.beta = Linear(d_model, H, bias=False)
         if gate:
             self.alpha = Linear(d_model, H, bias=False)
@@ -67,13 +69,15 @@ class GatedDeltaNet(Mixer):
         return state
 
     def forward(self, x, state=None, shared=None):
-        H, T = self.n_heads, x.shape[1]
+        H, Hk, T = self.n_heads, self.n_k_heads, x.shape[1]
         q, k, v = self.q(x), self.k(x), self.v(x)
         new_state = {}
         if self.conv is not None:  # one convolution over the three projections side by side
             qkv, new_state["conv"] = self.conv(torch.cat([q, k, v], dim=-1), None if state is None else state["conv"])
-            q, k, v = F.silu(qkv).split([H * self.dk, H * self.dk, H * self.dv], dim=-1)
-        q, k, v = F.normalize(split_heads(q, H), dim=-1), F.normalize(split_heads(k, H), dim=-1), split_heads(v, H)
+            q, k, v = F.silu(qkv).split([Hk * self.dk, Hk * self.dk, H * self.dv], dim=-1)
+        q, k, v = l2_normalize(split_heads(q, Hk)), l2_normalize(split_heads(k, Hk)), split_heads(v, H)
+        if Hk != H:  # each query/key head serves H / Hk consecutive value heads
+            q, k = q.repeat_interleave(H // Hk, dim=1), k.repeat_interleave(H // Hk, dim=1)
         beta = torch.sigmoid(self.beta(x)).transpose(1, 2)  # [B, H, T]
         log_alpha = None
         if self.gate:  # log α = −exp(A_log) · softplus(W_α x + dt_bias), a per-head decay in (0, 1]
@@ -98,7 +102,11 @@ class GatedDeltaNet(Mixer):
 class DeltaNet(GatedDeltaNet):
     """DeltaNet: ``gated_deltanet`` without the decay, S_t = S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ."""
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, expand_v: float = 1,
-                 d_conv: int = 4, chunk_size: int = 32, norm_eps: float = 1e-5):
-        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, gate=False, expand_v=expand_v,
-                         d_conv=d_conv, chunk_size=chunk_size, norm_eps=norm_eps)
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 n_k_heads: Annotated[int, POSITIVE] | None = None,
+                 head_dim_k: Annotated[int, POSITIVE] | None = None,
+                 head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
+                 chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5):
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, gate=False, n_k_heads=n_k_heads,
+                         head_dim_k=head_dim_k, head_dim_v=head_dim_v, d_conv=d_conv, chunk_size=chunk_size,
+                         norm_eps=norm_eps)

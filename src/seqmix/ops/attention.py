@@ -2,7 +2,8 @@ r"""Causal softmax attention with a KV cache and an optional sliding window.
 
     o_t = Σ_{s ∈ W(t)} softmax_s(scale · q_t·k_s) v_s,   W(t) = {s ≤ t} or {t - window < s ≤ t}
 
-Shapes: q, k, v ``[B, H, T, D]``. The state is the KV cache ``(k_cache, v_cache)``, each ``[B, H, S, D]``
+Shapes: q ``[B, H, T, D]``, k, v ``[B, H_kv, T, D]`` (grouped-query attention when H_kv < H: query head h reads
+key/value head h // (H / H_kv)). The state is the KV cache ``(k_cache, v_cache)``, each ``[B, H_kv, S, D]``
 holding all previous keys and values, or only the last ``window - 1`` of them (a rolling cache) when a
 window is set, which is all a later query can see.
 """
@@ -36,17 +37,18 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, state: KVCache | None = None, wind
         k = torch.cat([state[0], k], dim=2)
         v = torch.cat([state[1], v], dim=2)
     S = k.shape[2] - T  # number of cached positions before the first query
+    gqa = k.shape[1] != q.shape[1]
     if window is None and T == 1:  # one query sees every key: no mask to build
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
     elif S == 0 and window is None:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
         qpos = torch.arange(S, S + T, device=q.device)[:, None]
         kpos = torch.arange(S + T, device=q.device)[None, :]
         mask = kpos <= qpos
         if window is not None:
             mask &= kpos > qpos - window
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return out, _trim(k, v, window)
 
 
