@@ -16,6 +16,11 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive integer")
 
 
+def _check_ffn(name: str, value: Any) -> None:
+    if value != "none" and value not in FFNS.names():
+        raise ValueError(f"{name}={value!r}: unknown; choose one of {FFNS.names() + ['none']}")
+
+
 class DictConfig:
     """JSON round trip for config dataclasses; unknown keys are refused by name."""
 
@@ -40,8 +45,9 @@ class ModelConfig(DictConfig):
       whose entries are mixer names or ``{"mixer": name, "options": {...}}``.
     * ``mixer_options``: the mixer's own settings. With ``pattern``, key them by mixer name:
       ``{"mamba": {...}, "attention": {"window": 128}}``.
-    * ``ffn`` / ``ffn_options``: the channel mixer ("swiglu", ...) and its settings; ``"none"`` drops the
-      FFN sub-layer (and its norm): blocks are x + mixer(norm x) only, as in Mamba.
+    * ``ffn`` / ``ffn_options``: the channel mixer ("swiglu", "moe", ...) and its settings; ``"none"`` drops the
+      FFN sub-layer (and its norm): blocks are x + mixer(norm x) only, as in Mamba. A per-layer pattern entry
+      may set its own ``"ffn"`` and ``"ffn_options"`` (e.g. dense layers among MoE ones).
     * ``norm``: "rmsnorm" or "layernorm" for every norm of the model (blocks, final, embedding norm), with
       ``norm_eps``; ``final_norm_eps`` sets the final norm's eps alone (None = ``norm_eps``).
     * ``embed_norm``: normalise the embeddings before the first block (RWKV's ln0).
@@ -72,8 +78,7 @@ class ModelConfig(DictConfig):
             _positive_int("mixer_conv", self.mixer_conv)
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.ffn != "none" and self.ffn not in FFNS.names():
-            raise ValueError(f"ModelConfig.ffn={self.ffn!r}: unknown; choose one of {FFNS.names() + ['none']}")
+        _check_ffn("ModelConfig.ffn", self.ffn)
         if self.norm not in NORMS:
             raise ValueError(f"ModelConfig.norm={self.norm!r}: unknown; choose one of {list(NORMS)}")
         for name, eps, optional in (("norm_eps", self.norm_eps, False), ("final_norm_eps", self.final_norm_eps, True)):
@@ -94,11 +99,20 @@ class ModelConfig(DictConfig):
             if unknown:
                 raise ValueError(f"ModelConfig.mixer_options for {spec.mixer!r}: unknown option(s) {unknown}; "
                                  f"allowed: {allowed}")
-        ffn_allowed = [] if self.ffn == "none" else FFNS.option_names(self.ffn)
-        unknown = sorted(set(self.ffn_options) - set(ffn_allowed))
-        if unknown:
-            raise ValueError(f"ModelConfig.ffn_options for {self.ffn!r}: unknown option(s) {unknown}; "
-                             f"allowed: {ffn_allowed}")
+        for i, spec in enumerate(specs):
+            where = "ModelConfig.ffn_options" if spec.ffn is None else f"ModelConfig.pattern[{i}]"
+            _check_ffn(f"ModelConfig.pattern[{i}].ffn", spec.ffn or self.ffn)
+            ffn, options = self.layer_ffn(spec)
+            ffn_allowed = [] if ffn == "none" else FFNS.option_names(ffn)
+            unknown = sorted(set(options) - set(ffn_allowed))
+            if unknown:
+                raise ValueError(f"{where} for {ffn!r}: unknown option(s) {unknown}; allowed: {ffn_allowed}")
+
+    def layer_ffn(self, spec: LayerSpec) -> tuple[str, dict]:
+        """The FFN name and options of a layer: its pattern entry's, else the model's."""
+        if spec.ffn is None:
+            return self.ffn, dict(self.ffn_options if spec.ffn_options is None else spec.ffn_options)
+        return spec.ffn, dict(spec.ffn_options or {})
 
     def layer_specs(self) -> list[LayerSpec]:
         """The mixer name and options of every layer."""
@@ -125,6 +139,8 @@ class ModelConfig(DictConfig):
             raise ValueError(f"ModelConfig.mixer_options: with a pattern, key options by mixer name; {stray} "
                              f"are not mixers of this pattern ({sorted(names)})")
         if isinstance(self.pattern, str):  # the user's mixer_options refine a preset's defaults
-            return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}) for s in specs]
+            return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}, s.ffn, s.ffn_options)
+                    for s in specs]
         # an explicit per-layer entry is the most specific setting
-        return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}) for s in specs]
+        return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}, s.ffn, s.ffn_options)
+                for s in specs]

@@ -89,8 +89,9 @@ class SeqMixLM(nn.Module):
         blocks = []
         for i, spec in enumerate(c.layer_specs()):
             mixer = MIXERS.build(spec.mixer, c.d_model, c.n_heads, options=spec.options, layer_idx=i, n_layers=c.n_layers)
-            ffn = None if c.ffn == "none" else FFNS.build(c.ffn, c.d_model, options=c.ffn_options, layer_idx=i,
-                                                          n_layers=c.n_layers)
+            ffn_name, ffn_options = c.layer_ffn(spec)
+            ffn = None if ffn_name == "none" else FFNS.build(ffn_name, c.d_model, options=ffn_options, layer_idx=i,
+                                                             n_layers=c.n_layers)
             blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm, c.mixer_conv))
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)

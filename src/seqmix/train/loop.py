@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from seqmix.data import IGNORE, BatchSampler, PackedSampler, load_corpus
 from seqmix.eval import evaluate
+from seqmix.ffn.moe import auxiliary_loss
 from seqmix.model import SeqMixLM
 from seqmix.train import distributed
 from seqmix.train.checkpoint import (Checkpoint, begin_checkpoint, commit_checkpoint, latest, model_tensors,
@@ -293,7 +294,8 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
                 logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: softmax in float32
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
                                        ignore_index=IGNORE, reduction="sum")
-                (loss * scale).backward()
+                # MoE load balancing: a mean per micro-batch, averaged over micro-batches (and ranks, by DDP)
+                (loss * scale + auxiliary_loss(model) / config.grad_accum).backward()
             loss_sum += loss.item()
         loss_value = ranks.sum(loss_sum)[0] / max(n_targets, 1)
         problem = None if math.isfinite(loss_value) else f"loss is {loss_value}"
