@@ -132,7 +132,7 @@ def test_mamba2_structure_and_state():
 
 @pytest.mark.parametrize("options, message", [
     (dict(headdim=5), "headdim=5"), (dict(ngroups=3), "ngroups=3"), (dict(d_state=0), "d_state=0"),
-    (dict(chunk_size=-1), "chunk_size=-1"),
+    (dict(chunk_size=-1), "chunk_size=-1"), (dict(dt_limit=(-0.1, 1.0)), r"dt_limit=\(-0.1, 1.0\)"),
 ])
 def test_mamba2_bad_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):

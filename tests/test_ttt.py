@@ -343,6 +343,7 @@ def test_mixer_defaults_and_checkpointed_training_gradients():
     ({"mini_batch_size": 0}, "mini_batch_size=0"),
     ({"base_lr": -1.0}, "base_lr=-1.0"),
     ({"checkpoint_group": -2}, "checkpoint_group=-2"),
+    ({"residual_stream": True, "backbone": "transformer"}, "residual_stream=True: needs backbone='mamba'"),
 ])
 def test_mixer_refuses_bad_options(options, message):
     with pytest.raises(ValueError, match=message):

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Callable, Literal, Union
 
 CONTRACT_ARGS = ("self", "d_model", "n_heads", "layer_idx", "n_layers")
 
-__all__ = ["Registry", "Rule", "POSITIVE", "NON_NEGATIVE", "POWER_OF_TWO", "at_least", "check_options",
+__all__ = ["Registry", "Rule", "POSITIVE", "NON_NEGATIVE", "POWER_OF_TWO", "EVEN", "at_least", "check_options",
            "Annotated", "Literal"]
 
 
@@ -39,6 +39,7 @@ class Rule:
 POSITIVE = Rule("> 0", lambda v: v > 0)
 NON_NEGATIVE = Rule("≥ 0", lambda v: v >= 0)
 POWER_OF_TWO = Rule("a power of two", lambda v: v >= 1 and not v & (v - 1))
+EVEN = Rule("even", lambda v: v % 2 == 0)
 
 
 def at_least(low) -> Rule:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.ffn.base import FFN, register_ffn
+from seqmix.registry import NON_NEGATIVE, POSITIVE, Annotated
 
 
 def bspline_basis(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
@@ -143,14 +144,14 @@ class KANFFN(FFN):
     ``grid_size`` G, ``spline_order`` k, ``grid_range`` (default (-2, 2): inputs arrive RMS-normalised).
     """
 
-    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1, hidden: int | None = None,
-                 grid_size: int = 5, spline_order: int = 3, grid_range: Sequence[float] = (-2.0, 2.0)):
+    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 hidden: Annotated[int, POSITIVE] | None = None, grid_size: Annotated[int, POSITIVE] = 5,
+                 spline_order: Annotated[int, NON_NEGATIVE] = 3, grid_range: tuple[float, float] = (-2.0, 2.0)):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
-        _check_grid_options(grid_size, spline_order, grid_range, 0.02)  # before they size the default width
+        if not grid_range[0] < grid_range[1]:
+            raise ValueError(f"kan option grid_range={grid_range!r}: need low < high")
         if hidden is None:
             hidden = swiglu_matched_hidden(d_model, grid_size, spline_order)
-        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-            raise ValueError(f"kan option hidden={hidden!r}: must be a positive int or None")
         self.net = KAN([d_model, hidden, d_model], grid_size=grid_size, spline_order=spline_order,
                        grid_range=tuple(grid_range))
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from seqmix.ffn.base import FFN, register_ffn
 from seqmix.layers import Linear, token_shift
+from seqmix.registry import POSITIVE, Annotated
 
 
 @register_ffn("rwkv_cmix")
@@ -16,11 +17,10 @@ class RWKVChannelMix(FFN):
     code. It carries its own token shift, so it has a state: {"shift": [B, C] the last input}.
     """
 
-    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1, hidden: int | None = None):
+    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 hidden: Annotated[int, POSITIVE] | None = None):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
         hidden = 4 * d_model if hidden is None else hidden
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"rwkv_cmix option hidden={hidden!r}: must be a positive int")
         mix = (torch.arange(d_model, dtype=torch.float32) / d_model) ** (1.0 - layer_idx / n_layers)
         self.time_mix_k = nn.Parameter(mix.clone())
         self.time_mix_r = nn.Parameter(mix.clone())

@@ -5,13 +5,15 @@ import torch.nn.functional as F
 
 from seqmix.ffn.base import FFN, register_ffn
 from seqmix.layers import Linear
+from seqmix.registry import POSITIVE, Annotated
 
 
 @register_ffn("swiglu")
 class SwiGLU(FFN):
     """Hidden width ``hidden`` (default 8/3·d_model rounded up to a multiple of 8, Llama's choice). Stateless."""
 
-    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1, hidden: int | None = None):
+    def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 hidden: Annotated[int, POSITIVE] | None = None):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
         hidden = hidden or 8 * ((8 * d_model // 3 + 7) // 8)
         self.gate_up = Linear(d_model, 2 * hidden, bias=False)

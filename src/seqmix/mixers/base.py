@@ -3,7 +3,8 @@
 A mixer maps ``x [B, T, d_model] -> y [B, T, d_model]`` causally and carries a recurrent state:
 
 * ``Mixer(d_model, n_heads, *, layer_idx, n_layers, **options)`` — options are the mixer's own keyword
-  arguments; bad values raise ``ValueError`` naming the option and what is allowed;
+  arguments, their allowed values declared in their annotations (`seqmix.registry`); bad values raise
+  ``ValueError`` naming the option and what is allowed;
 * ``init_state(batch_size) -> dict[str, Tensor]`` — every tensor batch-first, on the module's device and
   dtype (caches, conv tails, SSM states, fast weights...);
 * ``forward(x, state=None, shared=None) -> (y, new_state)`` — ``state=None`` is the training path: start
@@ -64,9 +65,3 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[B, H, T, D] -> [B, T, H·D]."""
     B, H, T, D = x.shape
     return x.transpose(1, 2).reshape(B, T, H * D)
-
-
-def choose(value, name: str, allowed) -> None:
-    """Raise a ValueError naming the option when `value` is not one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")

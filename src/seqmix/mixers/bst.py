@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from seqmix.layers import Linear, apply_rope, cached
-from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
+from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import block_attention as attn
 from seqmix.ops import lti_ssm as ssm
+from seqmix.registry import EVEN, POSITIVE, Annotated, Literal
 
 
 @register_mixer("bst")
@@ -42,20 +43,14 @@ class BlockStateTransformer(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 variant: str = "sh", block_size: int = 32, n_context: int = 4, d_state: int = 32,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, rope: bool = True, rope_theta: float = 10000.0,
-                 ssm_chunk_size: int | None = None):
+                 variant: Literal["sh", "mh", "mf"] = "sh", block_size: Annotated[int, POSITIVE] = 32,
+                 n_context: Annotated[int, POSITIVE] = 4, d_state: Annotated[int, POSITIVE, EVEN] = 32,
+                 dt_min: Annotated[float, POSITIVE] = 1e-3, dt_max: Annotated[float, POSITIVE] = 1e-1,
+                 rope: bool = True, rope_theta: Annotated[float, POSITIVE] = 10000.0,
+                 ssm_chunk_size: Annotated[int, POSITIVE] | None = None):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        choose(variant, "bst option variant", ("sh", "mh", "mf"))
-        for name, value in (("block_size", block_size), ("n_context", n_context)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"bst option {name}={value!r}: must be a positive integer")
-        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"bst option d_state={d_state!r}: must be an even integer >= 2")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"bst options dt_min={dt_min}, dt_max={dt_max}: need 0 < dt_min <= dt_max")
-        if ssm_chunk_size is not None and (not isinstance(ssm_chunk_size, int) or ssm_chunk_size < 1):
-            raise ValueError(f"bst option ssm_chunk_size={ssm_chunk_size!r}: must be None or a positive integer")
+        if dt_min > dt_max:
+            raise ValueError(f"bst options dt_min={dt_min}, dt_max={dt_max}: need dt_min <= dt_max")
         self.variant, self.block_size, self.rope, self.rope_theta = variant, block_size, rope, rope_theta
         self.ssm_chunk_size = ssm_chunk_size
         self.filters = n_context if variant == "mf" else 1

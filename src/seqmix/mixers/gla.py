@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.layers import GatedRMSNorm, Linear, ShortConv
-from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
+from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import gated_linear_attention as op
+from seqmix.registry import POSITIVE, Annotated, Literal
 
 
 @register_mixer("gla")
@@ -21,11 +22,11 @@ class GatedLinearAttention(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 decay: str = "channel", expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank: int = 16,
-                 gate_logit_normalizer: float = 16.0, short_conv: bool = False, conv_size: int = 4,
-                 chunk_size: int = 32):
+                 decay: Literal["channel", "scalar"] = "channel", expand_k: Annotated[float, POSITIVE] = 0.5,
+                 expand_v: Annotated[float, POSITIVE] = 1.0, gate_low_rank: Annotated[int, POSITIVE] = 16,
+                 gate_logit_normalizer: Annotated[float, POSITIVE] = 16.0, short_conv: bool = False,
+                 conv_size: Annotated[int, POSITIVE] = 4, chunk_size: Annotated[int, POSITIVE] = 32):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        choose(decay, "gla option decay", ("channel", "scalar"))
         self.dk, self.dv = int(self.head_dim * expand_k), int(self.head_dim * expand_v)
         if self.dk < 1 or self.dv < 1:
             raise ValueError(f"gla: expand_k={expand_k}, expand_v={expand_v} give an empty head for head_dim={self.head_dim}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from seqmix.layers import GatedRMSNorm, Linear, ShortConv
-from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
+from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import linear_attention as op
+from seqmix.registry import POSITIVE, Annotated, Literal
 
 FEATURE_MAPS = {"elu1": lambda x: F.elu(x) + 1, "identity": lambda x: x}
 
@@ -20,10 +21,9 @@ class LinearAttention(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 feature_map: str = "elu1", normalize: bool = True, short_conv: bool = False, conv_size: int = 4,
-                 chunk_size: int = 64):
+                 feature_map: Literal["elu1", "identity"] = "elu1", normalize: bool = True, short_conv: bool = False,
+                 conv_size: Annotated[int, POSITIVE] = 4, chunk_size: Annotated[int, POSITIVE] = 64):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        choose(feature_map, "linear_attention option feature_map", FEATURE_MAPS)
         if normalize and feature_map == "identity":
             raise ValueError("linear_attention: normalize=True needs a positive feature map (feature_map='elu1'); "
                              "use normalize=False with feature_map='identity'")

@@ -10,6 +10,7 @@ from torch import nn
 from seqmix.layers import Linear, ShortConv, cached
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import selective_scan as op
+from seqmix.registry import POSITIVE, Annotated, Literal
 
 
 def inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tensor:
@@ -20,10 +21,10 @@ def inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float) -> t
     return dt + torch.log(-torch.expm1(-dt))  # softplus⁻¹(Δ) = Δ + log(1 − e^{−Δ})
 
 
-def inner_width(mixer: str, expand, d_model: int) -> int:
+def inner_width(mixer: str, expand: float, d_model: int) -> int:
     """d_inner = int(expand · d_model), transformers' rule (expand may be fractional); must be ≥ 1."""
-    if not isinstance(expand, (int, float)) or isinstance(expand, bool) or not expand > 0 or int(expand * d_model) < 1:
-        raise ValueError(f"{mixer} option expand={expand!r}: must be a positive number with int(expand·d_model) ≥ 1")
+    if int(expand * d_model) < 1:
+        raise ValueError(f"{mixer} option expand={expand!r}: int(expand·d_model) = {int(expand * d_model)} must be ≥ 1")
     return int(expand * d_model)
 
 
@@ -43,20 +44,14 @@ class Mamba(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 expand: float = 2, d_state: int = 16, d_conv: int = 4, dt_rank: int | str = "auto",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 16, bias: bool = False,
-                 conv_bias: bool = True):
+                 expand: Annotated[float, POSITIVE] = 2, d_state: Annotated[int, POSITIVE] = 16,
+                 d_conv: Annotated[int, POSITIVE] = 4, dt_rank: Annotated[int, POSITIVE] | Literal["auto"] = "auto",
+                 dt_min: Annotated[float, POSITIVE] = 1e-3, dt_max: Annotated[float, POSITIVE] = 1e-1,
+                 chunk_size: Annotated[int, POSITIVE] = 16, bias: bool = False, conv_bias: bool = True):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("dt_rank", dt_rank), ("chunk_size", chunk_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"mamba option {name}={value!r}: must be a positive integer"
-                                 + (' or "auto"' if name == "dt_rank" else ""))
         d_inner = inner_width("mamba", expand, d_model)
-        for name, value in (("bias", bias), ("conv_bias", conv_bias)):
-            if not isinstance(value, bool):
-                raise ValueError(f"mamba option {name}={value!r}: must be True or False")
         self.d_inner, self.d_state, self.dt_rank, self.chunk_size = d_inner, d_state, dt_rank, chunk_size
         self.in_proj = Linear(d_model, 2 * d_inner, bias=bias)
         self.conv = ShortConv(d_inner, d_conv, bias=conv_bias)

@@ -9,6 +9,7 @@ from seqmix.layers import GatedRMSNorm, Linear, ShortConv, cached
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.mixers.mamba import inner_width, inverse_softplus_dt
 from seqmix.ops import ssd as op
+from seqmix.registry import NON_NEGATIVE, POSITIVE, Annotated
 
 
 @register_mixer("mamba2")
@@ -28,27 +29,17 @@ class Mamba2(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 expand: float = 2, d_state: int = 64, headdim: int | None = None, ngroups: int = 1,
-                 d_conv: int = 4, dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64,
-                 dt_limit: tuple[float, float] | None = None, bias: bool = False, conv_bias: bool = True,
-                 norm_eps: float = 1e-5):
+                 expand: Annotated[float, POSITIVE] = 2, d_state: Annotated[int, POSITIVE] = 64,
+                 headdim: Annotated[int, POSITIVE] | None = None, ngroups: Annotated[int, POSITIVE] = 1,
+                 d_conv: Annotated[int, POSITIVE] = 4, dt_min: Annotated[float, POSITIVE] = 1e-3,
+                 dt_max: Annotated[float, POSITIVE] = 1e-1, chunk_size: Annotated[int, POSITIVE] = 64,
+                 dt_limit: tuple[Annotated[float, NON_NEGATIVE], float] | None = None, bias: bool = False,
+                 conv_bias: bool = True, norm_eps: Annotated[float, POSITIVE] = 1e-5):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        for name, value in (("d_state", d_state), ("ngroups", ngroups), ("d_conv", d_conv),
-                            ("chunk_size", chunk_size), ("headdim", 1 if headdim is None else headdim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"mamba2 option {name}={value!r}: must be a positive integer"
-                                 + (" or None" if name == "headdim" else ""))
         d_inner = inner_width("mamba2", expand, d_model)
-        for name, value in (("bias", bias), ("conv_bias", conv_bias)):
-            if not isinstance(value, bool):
-                raise ValueError(f"mamba2 option {name}={value!r}: must be True or False")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or not norm_eps > 0:
-            raise ValueError(f"mamba2 option norm_eps={norm_eps!r}: must be a positive number")
         if dt_limit is not None:
-            if (not isinstance(dt_limit, (list, tuple)) or len(dt_limit) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dt_limit)
-                    or not 0 <= dt_limit[0] < dt_limit[1]):
-                raise ValueError(f"mamba2 option dt_limit={dt_limit!r}: must be None or (low, high) with 0 <= low < high")
+            if not dt_limit[0] < dt_limit[1]:
+                raise ValueError(f"mamba2 option dt_limit={dt_limit!r}: need low < high")
             dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
         self.dt_limit = dt_limit
         if headdim is None:

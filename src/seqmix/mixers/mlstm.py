@@ -8,10 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.layers import Linear, ShortConv
-from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
+from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import mlstm as op
-
-FORGET_GATES = ("sigmoid", "exp")
+from seqmix.registry import POSITIVE, Annotated, Literal
 
 
 class _BlockDiagonal(nn.Module):
@@ -41,13 +40,10 @@ class MLSTM(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 forget_gate: str = "sigmoid", proj_factor: float = 2.0, conv_size: int = 4, qkv_blocksize: int = 4,
-                 chunk_size: int = 64, eps: float = 1e-6):
+                 forget_gate: Literal["sigmoid", "exp"] = "sigmoid", proj_factor: Annotated[float, POSITIVE] = 2.0,
+                 conv_size: Annotated[int, POSITIVE] = 4, qkv_blocksize: Annotated[int, POSITIVE] = 4,
+                 chunk_size: Annotated[int, POSITIVE] = 64, eps: Annotated[float, POSITIVE] = 1e-6):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        choose(forget_gate, "mlstm option forget_gate", FORGET_GATES)
-        for value, option in ((conv_size, "conv_size"), (qkv_blocksize, "qkv_blocksize"), (chunk_size, "chunk_size")):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"mlstm option {option}={value!r}: must be a positive int")
         inner = int(round(proj_factor * d_model))
         if inner < 1 or inner % n_heads or inner % qkv_blocksize:
             raise ValueError(f"mlstm: inner width proj_factor·d_model = {inner} must be positive and divisible by "

@@ -10,6 +10,7 @@ from torch import nn
 from seqmix.layers import Linear, ShortConv
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import rglru as op
+from seqmix.registry import POSITIVE, Annotated
 
 
 class BlockDiagonalLinear(nn.Module):
@@ -42,18 +43,13 @@ class RGLRU(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 expand: float = 1.0, conv_size: int = 4, c: float = 8.0, chunk_size: int = 64):
+                 expand: Annotated[float, POSITIVE] = 1.0, conv_size: Annotated[int, POSITIVE] = 4,
+                 c: Annotated[float, POSITIVE] = 8.0, chunk_size: Annotated[int, POSITIVE] = 64):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         width = int(round(expand * d_model))
         if width < n_heads or width % n_heads:
             raise ValueError(f"rglru option expand={expand}: width expand·d_model={width} must be a positive "
                              f"multiple of n_heads={n_heads}")
-        if not isinstance(conv_size, int) or conv_size < 1:
-            raise ValueError(f"rglru option conv_size={conv_size!r}: must be a positive int")
-        if not c > 0:
-            raise ValueError(f"rglru option c={c!r}: must be > 0")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"rglru option chunk_size={chunk_size!r}: must be a positive int")
         self.width, self.c, self.chunk_size = width, c, chunk_size
         self.in_proj = Linear(d_model, 2 * width, bias=False)  # [gate branch | recurrent branch]
         self.conv = ShortConv(width, conv_size)

@@ -9,6 +9,7 @@ from torch import nn
 from seqmix.layers import Linear, cached, token_shift
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import wkv4 as op
+from seqmix.registry import POSITIVE, Annotated
 
 
 @register_mixer("rwkv4")
@@ -24,14 +25,10 @@ class RWKV4(Mixer):
     State: {"shift": [B, C] last input, "a", "b", "p": [B, 1, A] the WKV max-trick state, ≥ float32}.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, chunk_size: int = 8,
-                 d_attn: int | None = None):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 chunk_size: Annotated[int, POSITIVE] = 8, d_attn: Annotated[int, POSITIVE] | None = None):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"rwkv4 option chunk_size={chunk_size!r}: must be a positive int")
         A = d_model if d_attn is None else d_attn
-        if not isinstance(A, int) or isinstance(A, bool) or A < 1:
-            raise ValueError(f"rwkv4 option d_attn={d_attn!r}: must be a positive int or None")
         self.chunk_size, self.d_attn = chunk_size, A
         C = d_model
         ratio_0_to_1 = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0

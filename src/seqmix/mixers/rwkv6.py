@@ -8,33 +8,27 @@ from torch import nn
 from seqmix.layers import Linear, token_shift
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import rwkv6 as op
+from seqmix.registry import POSITIVE, Annotated
 
 
-def rwkv_head_layout(d_model: int, n_heads: int, head_size, name: str) -> tuple[int, int]:
+def rwkv_head_layout(d_model: int, n_heads: int, head_size: int) -> tuple[int, int]:
     """(heads, head size) for RWKV-5/6/7: ``head_size`` channels per head (RWKV's 64) when it divides
     d_model; otherwise (small models) the model's own split d_model // n_heads."""
-    if not isinstance(head_size, int) or isinstance(head_size, bool) or head_size < 1:
-        raise ValueError(f"{name} option head_size={head_size!r}: must be a positive int")
     if d_model % head_size == 0:
         return d_model // head_size, head_size
     return n_heads, d_model // n_heads
 
 
-def _positive_int(value, option: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{option}={value!r}: must be a positive int")
-
-
 class RWKVMatrixMixer(Mixer):
     """What RWKV-6 and RWKV-7 share: heads of ``head_size`` channels (`rwkv_head_layout`), a ``chunk_size``
     for the chunked op, bias-free C×C projections with a GroupNorm per head on the output (`_projections`),
-    and the state {"shift": [B, C] last input, "S": [B, H, N, N]}."""
+    and the state {"shift": [B, C] last input, "S": [B, H, N, N]}. Subclasses declare (and so validate) the
+    options."""
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int, n_layers: int, head_size, chunk_size):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int, n_layers: int, head_size: int,
+                 chunk_size: int):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        name = self.registered_name
-        self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size, name)
-        _positive_int(chunk_size, f"{name} option chunk_size")
+        self.H, self.N = rwkv_head_layout(d_model, n_heads, head_size)
         self.chunk_size = chunk_size
 
     def _projections(self, *names: str) -> None:
@@ -66,12 +60,11 @@ class RWKV6(RWKVMatrixMixer):
     State: {"shift": [B, C] last input, "S": [B, H, N, N]}.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, head_size: int = 64,
-                 mix_rank: int = 32, decay_rank: int = 64, chunk_size: int = 32):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 head_size: Annotated[int, POSITIVE] = 64, mix_rank: Annotated[int, POSITIVE] = 32,
+                 decay_rank: Annotated[int, POSITIVE] = 64, chunk_size: Annotated[int, POSITIVE] = 32):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_size=head_size,
                          chunk_size=chunk_size)
-        for value, option in ((mix_rank, "mix_rank"), (decay_rank, "decay_rank")):
-            _positive_int(value, f"rwkv6 option {option}")
         C = d_model
         ratio_0_to_1 = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0
         ratio_1_to_almost0 = 1.0 - layer_idx / n_layers

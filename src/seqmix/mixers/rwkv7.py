@@ -9,6 +9,7 @@ from seqmix.layers import token_shift
 from seqmix.mixers.base import merge_heads, register_mixer, split_heads
 from seqmix.mixers.rwkv6 import RWKVMatrixMixer
 from seqmix.ops import delta_rule as op
+from seqmix.registry import POSITIVE, Annotated
 
 V_FIRST = "rwkv7.v_first"  # key in the per-forward `shared` dict: the first RWKV-7 layer's values
 
@@ -51,8 +52,8 @@ class RWKV7(RWKVMatrixMixer):
     (key × value layout of ops.delta_rule)}.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1, head_size: int = 64,
-                 chunk_size: int = 32):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 head_size: Annotated[int, POSITIVE] = 64, chunk_size: Annotated[int, POSITIVE] = 32):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_size=head_size,
                          chunk_size=chunk_size)
         C = d_model

@@ -10,6 +10,7 @@ from torch import nn
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import lti_ssm as op
 from seqmix.layers import Linear, cached
+from seqmix.registry import EVEN, POSITIVE, Annotated
 
 
 @register_mixer("s4d")
@@ -25,14 +26,11 @@ class S4D(Mixer):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int | None = None):
+                 d_state: Annotated[int, POSITIVE, EVEN] = 64, dt_min: Annotated[float, POSITIVE] = 1e-3,
+                 dt_max: Annotated[float, POSITIVE] = 1e-1, chunk_size: Annotated[int, POSITIVE] | None = None):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"s4d option d_state={d_state!r}: must be an even integer >= 2")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"s4d option chunk_size={chunk_size!r}: must be None or a positive integer")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"s4d options dt_min={dt_min}, dt_max={dt_max}: need 0 < dt_min <= dt_max")
+        if dt_min > dt_max:
+            raise ValueError(f"s4d options dt_min={dt_min}, dt_max={dt_max}: need dt_min <= dt_max")
         H, N = d_model, d_state // 2
         self.modes, self.chunk_size = N, chunk_size
         self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))

@@ -6,10 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.layers import Linear, RMSNorm, ShortConv, apply_rope
-from seqmix.mixers.base import Mixer, choose, merge_heads, register_mixer, split_heads
+from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import ttt as op
-
-BACKBONES = ("mamba", "transformer")
+from seqmix.registry import NON_NEGATIVE, POSITIVE, Annotated, Literal
 
 
 class TTTMixer(Mixer):
@@ -43,24 +42,16 @@ class TTTMixer(Mixer):
     default_base_lr: float = 1.0
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 backbone: str = "mamba", mini_batch_size: int = 16, base_lr: float | None = None,
-                 rope_theta: float = 10000.0, conv_size: int = 4, checkpoint_group: int = 0,
-                 residual_stream: bool = False, norm_eps: float = 1e-6):
+                 backbone: Literal["mamba", "transformer"] = "mamba", mini_batch_size: Annotated[int, POSITIVE] = 16,
+                 base_lr: Annotated[float, POSITIVE] | None = None, rope_theta: Annotated[float, POSITIVE] = 10000.0,
+                 conv_size: Annotated[int, POSITIVE] = 4, checkpoint_group: Annotated[int, NON_NEGATIVE] = 0,
+                 residual_stream: bool = False, norm_eps: Annotated[float, POSITIVE] = 1e-6):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         name = self.registered_name
-        choose(backbone, f"{name} option backbone", BACKBONES)
-        for opt, value, low in (("mini_batch_size", mini_batch_size, 1), ("conv_size", conv_size, 1),
-                                ("checkpoint_group", checkpoint_group, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} option {opt}={value!r}: must be an int ≥ {low}")
         base_lr = self.default_base_lr if base_lr is None else base_lr
-        if not isinstance(base_lr, (int, float)) or base_lr <= 0:
-            raise ValueError(f"{name} option base_lr={base_lr!r}: must be a positive number")
-        if not isinstance(residual_stream, bool) or (residual_stream and backbone != "mamba"):
-            raise ValueError(f"{name} option residual_stream={residual_stream!r}: must be False, or True with "
-                             f"backbone='mamba' (the transformer backbone has a single norm, the block's)")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or not norm_eps > 0:
-            raise ValueError(f"{name} option norm_eps={norm_eps!r}: must be a positive number")
+        if residual_stream and backbone != "mamba":
+            raise ValueError(f"{name} option residual_stream=True: needs backbone='mamba', got backbone={backbone!r} "
+                             f"(the transformer backbone has a single norm, the block's)")
         if self.head_dim % 2:
             raise ValueError(f"{name}: RoPE needs an even head_dim, got d_model/n_heads = {self.head_dim}")
         self.backbone, self.mini_batch_size, self.base_lr = backbone, mini_batch_size, float(base_lr)
