@@ -81,11 +81,11 @@ def test_annotation_admits_good_and_refuses_bad(annotation, good, bad):
     (float, "a number"),
     (bool, "True or False"),
     (Literal["sh", "mh"], "one of ['sh', 'mh']"),
-    (Annotated[int, POSITIVE] | None, "an integer > 0 or None"),
-    (Annotated[int, POSITIVE, EVEN], "an integer > 0 and even"),
-    (Annotated[int, POWER_OF_TWO], "an integer a power of two"),
-    (Annotated[int, at_least(3)], "an integer ≥ 3"),
-    (Annotated[float, NON_NEGATIVE], "a number ≥ 0"),
+    (Annotated[int, POSITIVE] | None, "an integer (> 0) or None"),
+    (Annotated[int, POSITIVE, EVEN], "an integer (> 0 and even)"),
+    (Annotated[int, POWER_OF_TWO], "an integer (a power of two)"),
+    (Annotated[int, at_least(3)], "an integer (≥ 3)"),
+    (Annotated[float, NON_NEGATIVE], "a number (≥ 0)"),
     (tuple[float, float], "a pair (a number, a number)"),
     (Sequence[float], "a sequence of a number"),
 ])
@@ -103,13 +103,13 @@ def test_registry_build_checks_options_and_names_owner_option_value_and_allowed(
     assert (toy.d_model, toy.layer_idx, toy.size, toy.mode, toy.eps) == (8, 1, 2, "b", 1e-3)
     with pytest.raises(ValueError) as err:
         TOYS.build("toy", 8, options={"size": 0})
-    assert str(err.value) == "toy_options for 'toy' option size=0: must be an integer > 0"
+    assert str(err.value) == "toy_options for 'toy' option size=0: must be an integer (> 0)"
     with pytest.raises(ValueError) as err:
         TOYS.build("toy", 8, options={"mode": "c"})
     assert str(err.value) == "toy_options for 'toy' option mode='c': must be one of ['a', 'b']"
     with pytest.raises(ValueError) as err:
         TOYS.build("toy", 8, options={"eps": -1.0})
-    assert str(err.value) == "toy_options for 'toy' option eps=-1.0: must be a number > 0 or None"
+    assert str(err.value) == "toy_options for 'toy' option eps=-1.0: must be a number (> 0) or None"
 
 
 def test_unknown_options_are_refused_with_the_allowed_list():
@@ -125,23 +125,23 @@ def test_direct_construction_is_checked_too():
     assert Toy(8, size=3).size == 3
     with pytest.raises(ValueError) as err:
         Toy(8, size=True)
-    assert str(err.value) == "toy 'toy' option size=True: must be an integer > 0"
-    with pytest.raises(ValueError, match=r"mixer 'rwkv7' option chunk_size=0: must be an integer > 0"):
+    assert str(err.value) == "toy 'toy' option size=True: must be an integer (> 0)"
+    with pytest.raises(ValueError, match=r"mixer 'rwkv7' option chunk_size=0: must be an integer \(> 0\)"):
         RWKV7(32, 2, chunk_size=0)
 
 
 def test_a_registered_subclass_checks_its_own_declaration():
     with pytest.raises(ValueError) as err:
         ToyAlias(8, size=0)
-    assert str(err.value) == "toy 'toy_alias' option size=0: must be an integer > 0"
+    assert str(err.value) == "toy 'toy_alias' option size=0: must be an integer (> 0)"
     assert Toy(8, size=4).size == 4
     with pytest.raises(ValueError) as err:
         ToyNarrow(8, size=4)
-    assert str(err.value) == "toy 'toy_narrow' option size=4: must be an integer ≥ 8"
+    assert str(err.value) == "toy 'toy_narrow' option size=4: must be an integer (≥ 8)"
     assert ToyNarrow(8, size=9).size == 9
     with pytest.raises(ValueError) as err:
         ThroughBase(8, size=6)
-    assert str(err.value) == "toy 'through_base' option size=6: must be an integer a power of two"
+    assert str(err.value) == "toy 'through_base' option size=6: must be an integer (a power of two)"
     with pytest.raises(ValueError, match=r"toy_options for 'through_base' option size=6"):
         TOYS.build("through_base", 8, options={"size": 6})
     assert ThroughBase(8, size=8).size == 8
