@@ -1,6 +1,8 @@
 """Shared test helpers: the model-level any-split invariant and exact-agreement checks."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from seqmix import ModelConfig, SeqMixLM
@@ -66,3 +68,23 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
     rel = ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
     assert rel <= rtol, f"{what}: relative error {rel:.3e} exceeds {rtol:.0e}"
     return rel
+
+
+def randomise(model: torch.nn.Module, seed: int, norm_offset: float = 1.0) -> None:
+    """Every parameter O(1) and away from its initial value, so no term of the forward is trivial. Norm scales
+    become norm_offset + 0.2 · N(0, 1): 0 for models whose norms multiply by (1 + weight) (Qwen3-Next)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "A_log":
+                p.copy_(0.5 + 0.5 * r.clamp(-2, 2))
+            elif leaf.startswith("time_mix"):
+                p.copy_(torch.rand(p.shape, generator=g))
+            elif p.dim() >= 2:  # linear, conv and embedding weights
+                p.copy_(r / math.sqrt(p.shape[-1]))
+            elif leaf == "weight":  # norm scales
+                p.copy_(norm_offset + 0.2 * r)
+            else:  # biases, D, dt_bias, time_decay, time_first
+                p.copy_(0.3 * r)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_any_split, assert_rel_close
+from helpers import assert_any_split, assert_rel_close, randomise
 from seqmix import ModelConfig, SeqMixLM
 from seqmix.interop import from_transformers, from_ttt_reference
 from seqmix.model.generate import sample
@@ -164,25 +164,6 @@ def test_ttt_reference_refuses_mismatches():
 
 
 # --- transformers' Mamba, Mamba-2, RWKV-4 -----------------------------------------------------------------
-
-def randomise(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter O(1) and away from its initial value, so no term of the forward is trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "A_log":
-                p.copy_(0.5 + 0.5 * r.clamp(-2, 2))
-            elif leaf.startswith("time_mix"):
-                p.copy_(torch.rand(p.shape, generator=g))
-            elif p.dim() >= 2:  # linear, conv and embedding weights
-                p.copy_(r / math.sqrt(p.shape[-1]))
-            elif leaf == "weight":  # norm scales
-                p.copy_(1 + 0.2 * r)
-            else:  # biases, D, dt_bias, time_decay, time_first
-                p.copy_(0.3 * r)
-
 
 def _hf_models():
     try:

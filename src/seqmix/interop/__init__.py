@@ -1,7 +1,8 @@
 """Interoperability: models from other libraries in, seqmix models out.
 
-* ``from_transformers(hf_model) -> SeqMixLM``: Hugging Face transformers' ``MambaForCausalLM``,
-  ``Mamba2ForCausalLM`` and ``RwkvForCausalLM`` (RWKV-4), any configuration, same logits.
+* ``from_transformers(hf_model) -> SeqMixLM``: Hugging Face transformers causal LMs of the classes in
+  ``CONVERTERS`` (Mamba, Mamba-2, RWKV-4, Qwen3-Next, ...), same logits; a setting that cannot be represented
+  exactly is refused by name.
 * ``from_ttt_reference(state_dict, config) -> SeqMixLM``: the official ttt-lm-pytorch ``TTTForCausalLM``
   (TTT-Linear / TTT-MLP, Transformer or Mamba backbone), from its state dict and ``TTTConfig`` fields.
 * ``SeqMixConfig`` / ``SeqMixForCausalLM`` (needs the ``seqmix[hf]`` extra): any seqmix model as a
@@ -12,10 +13,13 @@
 
 Only the transformers-facing parts import transformers, and only when used.
 """
-from seqmix.interop.convert import from_transformers
+from seqmix.interop import gated_delta  # registers its converters
+
+del gated_delta
+from seqmix.interop.convert import CONVERTERS, from_transformers
 from seqmix.interop.ttt_reference import from_ttt_reference
 
-__all__ = ["from_transformers", "from_ttt_reference", "load_pretrained", "SeqMixConfig", "SeqMixForCausalLM"]
+__all__ = ["CONVERTERS", "from_transformers", "from_ttt_reference", "load_pretrained", "SeqMixConfig", "SeqMixForCausalLM"]
 
 
 def __getattr__(name: str):

@@ -21,6 +21,7 @@ What transformers builds, and what it becomes here:
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import torch
 
@@ -146,22 +147,39 @@ def _rwkv(hf) -> tuple[ModelConfig, dict]:
     return config, tensors
 
 
-_CONVERTERS = {"MambaForCausalLM": _mamba, "Mamba2ForCausalLM": _mamba2, "RwkvForCausalLM": _rwkv}
+# class name -> (model_type, function(hf_model) -> (ModelConfig, tensors)); more families register themselves
+# from their own modules (seqmix.interop imports them all)
+CONVERTERS: dict[str, tuple[str, Callable]] = {"MambaForCausalLM": ("mamba", _mamba),
+                                               "Mamba2ForCausalLM": ("mamba2", _mamba2),
+                                               "RwkvForCausalLM": ("rwkv", _rwkv)}
+
+
+def register_converter(class_name: str, model_type: str):
+    """Decorator: `fn(hf_model) -> (ModelConfig, tensors)` converts the transformers class `class_name`."""
+    def deco(fn):
+        CONVERTERS[class_name] = (model_type, fn)
+        return fn
+
+    return deco
+
+
+def supported_model_types() -> list[str]:
+    return sorted(model_type for model_type, _ in CONVERTERS.values())
 
 
 def from_transformers(hf_model) -> SeqMixLM:
-    """A SeqMixLM computing the same logits as ``hf_model`` (a transformers ``MambaForCausalLM``,
-    ``Mamba2ForCausalLM`` or ``RwkvForCausalLM``), on its device and in its dtype, in eval mode.
+    """A SeqMixLM computing the same logits as ``hf_model`` (a transformers causal LM of a class in
+    ``CONVERTERS``), on its device and in its dtype, in eval mode.
 
-    Every configuration those classes accept converts (state sizes, groups, heads, fractional expand,
-    biases on or off, tied or untied heads, any vocabulary size), except activations other than SiLU in
-    the Mamba mixers. The converted model runs in one shot and through its recurrent state like any
-    SeqMixLM: ``logits, state = model(tokens, state=model.init_state(batch))``.
+    Every configuration the supported classes accept converts, except the settings each converter names when
+    it refuses them (an activation other than SiLU, a RoPE scaling type, ...): nothing is converted
+    approximately. The converted model runs in one shot and through its recurrent state like any SeqMixLM:
+    ``logits, state = model(tokens, state=model.init_state(batch))``.
     """
     kind = type(hf_model).__name__
-    if kind not in _CONVERTERS:
-        raise ValueError(f"from_transformers: {kind} is not supported; supported: {sorted(_CONVERTERS)}")
-    config, tensors = _CONVERTERS[kind](hf_model)
+    if kind not in CONVERTERS:
+        raise ValueError(f"from_transformers: {kind} is not supported; supported: {sorted(CONVERTERS)}")
+    config, tensors = CONVERTERS[kind][1](hf_model)
     if config.tie_embeddings:
         tensors["head.weight"] = tensors["embed.weight"]
     model = SeqMixLM(config)

@@ -29,7 +29,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from seqmix.interop.convert import from_transformers
+from seqmix.interop.convert import from_transformers, supported_model_types
 from seqmix.model import ModelConfig, SeqMixLM
 from seqmix.model.state import select_batch
 
@@ -201,15 +201,15 @@ AutoModelForCausalLM.register(SeqMixConfig, SeqMixForCausalLM, exist_ok=True)
 
 
 def load_pretrained(directory: str | Path) -> SeqMixLM:
-    """A SeqMixLM from a transformers ``save_pretrained`` directory: a ``SeqMixForCausalLM`` one, or a Mamba,
-    Mamba-2 or RWKV-4 one (converted with ``from_transformers``). In eval mode, float32, on the CPU."""
+    """A SeqMixLM from a transformers ``save_pretrained`` directory: a ``SeqMixForCausalLM`` one, or one of a
+    class ``from_transformers`` converts (``CONVERTERS``). In eval mode, float32, on the CPU."""
     config_file = Path(directory) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: no config.json (not a save_pretrained directory)")
     model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     if model_type == SeqMixConfig.model_type:
         return SeqMixForCausalLM.from_pretrained(directory).model.float().eval()
-    if model_type not in ("mamba", "mamba2", "rwkv"):
+    if model_type not in supported_model_types():
         raise ValueError(f"{directory}: model_type={model_type!r} is not supported; "
-                         "expected 'seqmix', 'mamba', 'mamba2' or 'rwkv'")
+                         f"expected 'seqmix' or one of {supported_model_types()}")
     return from_transformers(AutoModelForCausalLM.from_pretrained(directory).float())

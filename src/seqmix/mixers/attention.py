@@ -33,11 +33,10 @@ class Attention(Mixer):
                  n_kv_heads: Annotated[int, POSITIVE] | None = None, head_dim: Annotated[int, POSITIVE] | None = None,
                  qk_norm: bool = False, norm_eps: Annotated[float, POSITIVE] = 1e-6, output_gate: bool = False,
                  bias: bool = False, chunk_size: Annotated[int, POSITIVE] = 256):
-        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_dim=head_dim)
         self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads % self.n_kv_heads:
             raise ValueError(f"attention option n_kv_heads={n_kv_heads}: must divide n_heads={n_heads}")
-        self.head_dim = head_dim or self.head_dim
         self.rope_dims = int(self.head_dim * rope_fraction) if rope else 0
         if rope and (self.rope_dims < 2 or self.rope_dims % 2):
             raise ValueError(f"attention option rope_fraction={rope_fraction}: head_dim {self.head_dim} × fraction "

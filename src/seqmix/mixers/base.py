@@ -31,12 +31,15 @@ register_mixer = MIXERS.register
 class Mixer(nn.Module):
     normalizes_input: bool = False
 
-    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1):
+    def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
+                 head_dim: int | None = None):
+        """``head_dim``: a mixer whose head width is an option of its own passes it (when set); otherwise heads
+        split d_model evenly."""
         super().__init__()
-        if d_model % n_heads:
+        if head_dim is None and d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.layer_idx, self.n_layers = d_model, n_heads, layer_idx, n_layers
-        self.head_dim = d_model // n_heads
+        self.head_dim = d_model // n_heads if head_dim is None else head_dim
 
     def init_state(self, batch_size: int) -> State:
         raise NotImplementedError

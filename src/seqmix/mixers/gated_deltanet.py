@@ -43,11 +43,11 @@ class GatedDeltaNet(Mixer):
                  head_dim_k: Annotated[int, POSITIVE] | None = None,
                  head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
                  chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5):
-        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
+        super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_dim=head_dim_k)
         Hk = n_heads if n_k_heads is None else n_k_heads
         if n_heads % Hk:
             raise ValueError(f"{self.registered_name} option n_k_heads={n_k_heads}: must divide n_heads={n_heads}")
-        H, dk = n_heads, head_dim_k or self.head_dim
+        H, dk = n_heads, self.head_dim
         dv = head_dim_v or dk
         self.gate, self.n_k_heads, self.dk, self.dv, self.chunk_size = gate, Hk, dk, dv, chunk_size
         self.q, self.k, self.v = Linear(d_model, Hk * dk, bias=False), Linear(d_model, Hk * dk, bias=False), \

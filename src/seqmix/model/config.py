@@ -44,7 +44,8 @@ class ModelConfig(DictConfig):
     * ``pattern``: a hybrid, either a preset name (``seqmix.model.patterns.PATTERNS``) or a per-layer list
       whose entries are mixer names or ``{"mixer": name, "options": {...}}``.
     * ``mixer_options``: the mixer's own settings. With ``pattern``, key them by mixer name:
-      ``{"mamba": {...}, "attention": {"window": 128}}``.
+      ``{"mamba": {...}, "attention": {"window": 128}}``. Every mixer also takes ``n_heads`` there, its own
+      head count in place of the model's (Qwen3-Next's linear layers have more heads than its attention).
     * ``ffn`` / ``ffn_options``: the channel mixer ("swiglu", "moe", ...) and its settings; ``"none"`` drops the
       FFN sub-layer (and its norm): blocks are x + mixer(norm x) only, as in Mamba. A per-layer pattern entry
       may set its own ``"ffn"`` and ``"ffn_options"`` (e.g. dense layers among MoE ones).
@@ -94,7 +95,9 @@ class ModelConfig(DictConfig):
         if self.pattern is None and self.mixer not in available_mixers():
             raise ValueError(f"ModelConfig.mixer={self.mixer!r}: unknown; available: {available_mixers()}")
         for spec in specs:
-            allowed = MIXERS.option_names(spec.mixer)
+            allowed = MIXERS.option_names(spec.mixer) + ["n_heads"]
+            if "n_heads" in spec.options:
+                _positive_int(f"mixer_options[{spec.mixer!r}].n_heads", spec.options["n_heads"])
             unknown = sorted(set(spec.options) - set(allowed))
             if unknown:
                 raise ValueError(f"ModelConfig.mixer_options for {spec.mixer!r}: unknown option(s) {unknown}; "

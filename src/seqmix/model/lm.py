@@ -88,7 +88,9 @@ class SeqMixLM(nn.Module):
         c = config
         blocks = []
         for i, spec in enumerate(c.layer_specs()):
-            mixer = MIXERS.build(spec.mixer, c.d_model, c.n_heads, options=spec.options, layer_idx=i, n_layers=c.n_layers)
+            options = dict(spec.options)
+            mixer = MIXERS.build(spec.mixer, c.d_model, options.pop("n_heads", c.n_heads), options=options,
+                                 layer_idx=i, n_layers=c.n_layers)
             ffn_name, ffn_options = c.layer_ffn(spec)
             ffn = None if ffn_name == "none" else FFNS.build(ffn_name, c.d_model, options=ffn_options, layer_idx=i,
                                                              n_layers=c.n_layers)

@@ -1,0 +1,112 @@
+"""Converters of transformers' recurrent hybrids (Qwen3-Next, ...): the transformers model is the oracle.
+Each converted model must give its logits one shot and through seqmix's state, and decoding token by token
+through that state must equal transformers' own cached decode (relative error ≤ 1e-5, float32)."""
+import pytest
+import torch
+
+from helpers import assert_rel_close, randomise
+from seqmix.cli import main
+from seqmix.interop import from_transformers, load_pretrained
+from seqmix.model.generate import sample
+
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_cached_decode(hf, tokens, prefill: int) -> torch.Tensor:
+    """transformers' own path: a cached prefill, then one token at a time through its cache."""
+    out = hf(tokens[:, :prefill], use_cache=True)
+    cache, logits = out["cache"] if "cache" in out else out["past_key_values"], [out.logits]
+    for t in range(prefill, tokens.shape[1]):
+        out = hf(tokens[:, t:t + 1], cache=cache, use_cache=True)
+        logits.append(out.logits)
+    return torch.cat(logits, dim=1)
+
+
+def _seqmix_decode(model, tokens, prefill: int) -> torch.Tensor:
+    logits, state = model(tokens[:, :prefill], state=model.init_state(tokens.shape[0]))
+    outs = [logits]
+    for t in range(prefill, tokens.shape[1]):
+        logits, state = model(tokens[:, t:t + 1], state=state)
+        outs.append(logits)
+    return torch.cat(outs, dim=1)
+
+
+def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm_offset: float = 1.0):
+    randomise(hf, seed, norm_offset)
+    hf.eval()
+    tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reference = hf(tokens, use_cache=False).logits
+        model = from_transformers(hf)
+        assert_rel_close(model(tokens), reference, what="one shot")
+        assert_rel_close(_seqmix_decode(model, tokens, prefill), _hf_cached_decode(hf, tokens, prefill),
+                         what="token-by-token decode against transformers' cached decode")
+    return model
+
+
+def _qwen3_next(**overrides):
+    if not hasattr(transformers, "Qwen3NextConfig"):
+        pytest.skip("this transformers has no Qwen3-Next")
+    fields = dict(vocab_size=97, hidden_size=64, intermediate_size=48, num_hidden_layers=4,
+                  layer_types=["linear_attention"] * 3 + ["full_attention"], num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+                  linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=12,
+                  linear_conv_kernel_dim=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                  shared_expert_intermediate_size=24, mlp_only_layers=[1], decoder_sparse_step=1,
+                  norm_topk_prob=True, tie_word_embeddings=False)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    return transformers.Qwen3NextForCausalLM(transformers.Qwen3NextConfig(**fields))
+
+
+QWEN3_NEXT = {
+    "grouped-heads-moe-dense-layer": {},
+    "tied-bias-every-other-moe": dict(
+        tie_word_embeddings=True, norm_topk_prob=False, decoder_sparse_step=2, mlp_only_layers=[], attention_bias=True,
+        num_key_value_heads=1, num_hidden_layers=3, layer_types=["full_attention", "linear_attention", "full_attention"],
+        linear_num_key_heads=3, linear_num_value_heads=3, linear_key_head_dim=10, linear_value_head_dim=6,
+        linear_conv_kernel_dim=3, num_experts=5, num_experts_per_tok=3,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}),
+    "dense-only": dict(num_experts=0, head_dim=8, num_attention_heads=8, num_key_value_heads=4,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}),
+}
+
+
+@pytest.mark.parametrize("overrides", list(QWEN3_NEXT.values()), ids=list(QWEN3_NEXT))
+def test_qwen3_next(overrides):
+    model = check_conversion(_qwen3_next(**overrides), norm_offset=0.0)  # its norms scale by 1 + weight
+    kinds = [(b.mixer.registered_name, type(b.ffn).__name__) for b in model.blocks]
+    c = model.config
+    assert kinds[0][0] == ("attention" if overrides.get("layer_types", ["x"])[0] == "full_attention"
+                           else "gated_deltanet")
+    assert c.tie_embeddings == overrides.get("tie_word_embeddings", False)
+    if overrides.get("num_experts", 4):
+        sparse_step = overrides.get("decoder_sparse_step", 1)
+        dense = set(overrides.get("mlp_only_layers", [1]))
+        expected = ["MoE" if (i + 1) % sparse_step == 0 and i not in dense else "SwiGLU" for i in range(c.n_layers)]
+        assert [k[1] for k in kinds] == expected
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
+    (dict(shared_expert_intermediate_size=0), "shared_expert_intermediate_size=0"),
+])
+def test_qwen3_next_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_qwen3_next(**overrides))
+
+
+def test_generate_from_a_saved_qwen3_next_directory(tmp_path, capsys):
+    hf = _qwen3_next(vocab_size=256)
+    randomise(hf, 3, norm_offset=0.0)
+    hf.save_pretrained(tmp_path / "qwen3_next")
+    model = load_pretrained(tmp_path / "qwen3_next")
+    prompt = torch.tensor([list(b"ROMEO.")])
+    with torch.no_grad():
+        assert_rel_close(model(prompt), hf.eval()(prompt).logits, what="loaded from the directory")
+    assert main(["generate", "--from-hf", str(tmp_path / "qwen3_next"), "--prompt", "ROMEO.",
+                 "--max-new-tokens", "8", "--temperature", "0", "--no-stream"]) == 0
+    greedy = sample(model, prompt, 8, temperature=0)[0]
+    assert capsys.readouterr().out == "ROMEO." + bytes(greedy.tolist()).decode("utf-8", errors="replace") + "\n"
