@@ -10,7 +10,7 @@ from seqmix import ModelConfig
 from seqmix.mixers import MIXERS
 
 F64 = torch.float64
-PRODUCTION = {"n_kv_heads": 2, "head_dim": 6, "qk_norm": True, "rope_fraction": 0.34, "output_gate": True,
+PRODUCTION = {"n_kv_heads": 2, "head_dim": 6, "qk_norm": "head", "rope_fraction": 0.34, "output_gate": True,
               "bias": True, "rope_theta": 500.0}
 
 
@@ -30,8 +30,11 @@ def _reference(m, x, window=None):
     W = m.qkv.weight
     proj = x @ W.T + (0 if m.qkv.bias is None else m.qkv.bias)
     q, k, v, *gate = proj.split(m.widths, -1)
+    if m.qk_norm == "all":  # over every head's channels at once
+        q = q / (q.square().mean(-1, keepdim=True) + m.q_norm.eps).sqrt() * m.q_norm.weight
+        k = k / (k.square().mean(-1, keepdim=True) + m.k_norm.eps).sqrt() * m.k_norm.weight
     q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
-    if m.q_norm is not None:
+    if m.qk_norm == "head":
         q = q / (q.square().mean(-1, keepdim=True) + m.q_norm.eps).sqrt() * m.q_norm.weight
         k = k / (k.square().mean(-1, keepdim=True) + m.k_norm.eps).sqrt() * m.k_norm.weight
     r, pos = m.rope_dims, torch.arange(T)
@@ -54,7 +57,8 @@ def _reference(m, x, window=None):
 
 @pytest.mark.parametrize("options", [
     {}, PRODUCTION, {**PRODUCTION, "window": 5}, {"rope": False, "n_kv_heads": 1},
-    {"n_kv_heads": 2, "output_gate": True}, {"qk_norm": True, "head_dim": 12, "rope_fraction": 0.5}])
+    {"n_kv_heads": 2, "output_gate": True}, {"qk_norm": "head", "head_dim": 12, "rope_fraction": 0.5},
+    {"qk_norm": "all", "n_kv_heads": 2, "rope": False}])
 def test_attention_settings_against_the_written_out_definition(options):
     torch.manual_seed(0)
     m = MIXERS.build("attention", 16, 4, options={"chunk_size": 4, **options}).double()
@@ -82,7 +86,7 @@ def test_production_attention_holds_the_any_split_invariant_in_a_model():
     ({"rope_fraction": 0.1}, "rope_fraction=0.1"),
     ({"rope_fraction": 1.5}, r"rope_fraction=1.5: must be a number \(in \(0, 1\]\)"),
     ({"head_dim": 0}, "head_dim=0"),
-    ({"qk_norm": "yes"}, "qk_norm='yes': must be True or False"),
+    ({"qk_norm": "yes"}, r"qk_norm='yes': must be one of \['none', 'head', 'all'\]"),
 ])
 def test_bad_attention_options_are_refused_by_name(options, message):
     with pytest.raises(ValueError, match=message):

@@ -156,7 +156,7 @@ B, T = 2, 23
 CU = torch.tensor([0, 5, 6, 17, 23, 30, 46])  # a one-token document; 23 is also the row end; 23..30 in row 2
 
 
-PRODUCTION_SETTINGS = [("attention", 0, {"n_kv_heads": 1, "qk_norm": True, "rope_fraction": 0.5, "output_gate": True}),
+PRODUCTION_SETTINGS = [("attention", 0, {"n_kv_heads": 1, "qk_norm": "all", "rope_fraction": 0.5, "output_gate": True}),
                        ("gated_deltanet", 0, {"n_k_heads": 1, "head_dim_k": 8, "head_dim_v": 12})]
 
 

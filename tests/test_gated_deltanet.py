@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from seqmix.mixers import MIXERS
 
 
-def _paper_recurrence(m, x):
+def _paper_recurrence(m, x, beta_max=1.0):
     """S_t = α_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ (value × key), o_t = S_t q_t / √d_k, then the output
     gate and projection, from the mixer's own layers."""
     B, T, _ = x.shape
@@ -18,7 +18,7 @@ def _paper_recurrence(m, x):
     q, k = (t.view(B, T, Hk, dk).repeat_interleave(H // Hk, dim=2) for t in (q, k))  # key head j serves j·r …
     q, k = (t / (t.square().sum(-1, keepdim=True) + 1e-6).sqrt() for t in (q, k))  # flash-linear-attention's L2 norm
     v = v.view(B, T, H, dv)
-    beta = torch.sigmoid(m.beta(x))  # [B, T, H]
+    beta = torch.sigmoid(m.beta(x)) * beta_max  # [B, T, H]; (0, 2) allows negative eigenvalues
     alpha = torch.exp(-torch.exp(m.A_log) * F.softplus(m.alpha(x) + m.dt_bias)) if m.gate else torch.ones_like(beta)
     S = x.new_zeros(B, H, dv, dk)
     eye = torch.eye(dk, dtype=x.dtype)
@@ -33,12 +33,13 @@ def _paper_recurrence(m, x):
 
 @pytest.mark.parametrize("name, options", [("gated_deltanet", {}), ("deltanet", {}),
                                            ("gated_deltanet", {"head_dim_v": 16, "chunk_size": 8}),
-                                           ("gated_deltanet", {"n_k_heads": 1, "head_dim_k": 6, "head_dim_v": 10})])
+                                           ("gated_deltanet", {"n_k_heads": 1, "head_dim_k": 6, "head_dim_v": 10}),
+                                           ("deltanet", {"allow_neg_eigval": True})])
 def test_mixer_follows_the_papers_recurrence(name, options):
     torch.manual_seed(0)
     m = MIXERS.build(name, 16, 2, options={"chunk_size": 4, **options}).double()
     x = torch.randn(2, 19, 16, dtype=torch.float64)  # 19: not a multiple of the chunk
-    expected = _paper_recurrence(m, x)
+    expected = _paper_recurrence(m, x, 2.0 if options.get("allow_neg_eigval") else 1.0)
     assert torch.allclose(m(x)[0], expected, atol=1e-10, rtol=0)
     state = m.init_state(2)  # and through the state in uneven pieces, down to single tokens
     pieces = []

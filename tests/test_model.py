@@ -12,7 +12,7 @@ def test_any_split_invariant_every_mixer(mixer):
 
 @pytest.mark.parametrize("mixer, options", [
     ("gated_deltanet", {"n_k_heads": 1, "head_dim_k": 8, "head_dim_v": 12, "chunk_size": 4}),
-    ("attention", {"n_kv_heads": 1, "qk_norm": True, "rope_fraction": 0.5, "output_gate": True, "bias": True})])
+    ("attention", {"n_kv_heads": 1, "qk_norm": "head", "rope_fraction": 0.5, "output_gate": True, "bias": True})])
 def test_any_split_invariant_with_production_settings(mixer, options):
     assert_any_split(ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, mixer_options=options))
 
@@ -79,3 +79,31 @@ def test_token_ids_out_of_range_are_refused():
         model(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="state has 3 layers"):
         model(torch.tensor([[1]]), state=model.init_state(1) * 3)
+
+
+def test_post_norm_blocks_normalise_the_sublayer_outputs():
+    """norm_position="post": x + norm(mixer(x)), then x + norm(ffn(x)) (OLMo-2), per layer in a pattern."""
+    config = ModelConfig(d_model=32, n_layers=2, n_heads=2, pattern=[
+        "gla", {"mixer": "attention", "norm_position": "post"}])
+    assert_any_split(config)
+    torch.manual_seed(0)
+    model = SeqMixLM(config).double().eval()
+    block = model.blocks[1]
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        x = torch.randn(2, 9, 32, dtype=torch.float64)
+        h = x + block.norm1(block.mixer(x)[0])
+        expected = h + block.norm2(block.ffn(h)[0])
+        assert torch.allclose(block(x)[0], expected, atol=1e-12, rtol=0)
+    assert not model.blocks[0].post_norm and block.post_norm
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(norm_position="middle"), r"ModelConfig.norm_position='middle': choose one of \['pre', 'post'\]"),
+    (dict(pattern=["gla", {"mixer": "gla", "norm_position": "x"}], n_layers=2), r"pattern\[1\].norm_position='x'"),
+    (dict(mixer="gla", mixer_options={"n_heads": 0}), r"mixer_options\['gla'\].n_heads=0: must be a positive integer"),
+])
+def test_layer_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{"d_model": 32, "n_heads": 2, **kwargs})

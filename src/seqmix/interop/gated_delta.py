@@ -1,4 +1,5 @@
-"""transformers' Gated DeltaNet hybrids -> SeqMixLM with the same weights and logits.
+"""transformers' Gated DeltaNet hybrids -> SeqMixLM with the same weights and logits: Qwen3-Next and
+OLMo-Hybrid (see ``olmo_hybrid`` for the second).
 
 * ``Qwen3NextForCausalLM``: ``layer_types`` of "linear_attention" (Gated DeltaNet) and "full_attention"
   (gated attention) blocks, x + mixer(norm x) then x + mlp(norm x); the MLP is a sparse MoE block on layers
@@ -48,7 +49,7 @@ def qwen3_next(hf) -> tuple[ModelConfig, dict]:
         _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE only")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     attention = {"mixer": "attention", "options": dict(
-        n_kv_heads=c.num_key_value_heads, head_dim=head_dim, qk_norm=True, norm_eps=c.rms_norm_eps,
+        n_kv_heads=c.num_key_value_heads, head_dim=head_dim, qk_norm="head", norm_eps=c.rms_norm_eps,
         output_gate=True, bias=bool(c.attention_bias), rope_theta=float(rope.get("rope_theta", 10000.0)),
         rope_fraction=float(rope.get("partial_rotary_factor", 1.0)), chunk_size=256)}
     linear = {"mixer": "gated_deltanet", "options": dict(
@@ -119,7 +120,74 @@ def _qwen3_next_tensors(hf, c, head_dim: int) -> dict[str, torch.Tensor]:
         else:
             out[f + "gate_up.weight"] = torch.cat([take(p + "gate_proj.weight"), take(p + "up_proj.weight")])
             out[f + "down.weight"] = take(p + "down_proj.weight")
-    if state:
-        raise ValueError(f"Qwen3NextForCausalLM: tensors {sorted(state)[:8]} have no seqmix counterpart "
-                         "(an unsupported variant?)")
+    _nothing_left(state, "Qwen3NextForCausalLM")
     return out
+
+
+@register_converter("OlmoHybridForCausalLM", "olmo_hybrid")
+def olmo_hybrid(hf) -> tuple[ModelConfig, dict]:
+    """``OlmoHybridForCausalLM``: "linear_attention" blocks are pre-norm, x + GDN(norm x) then x + mlp(norm x);
+    "full_attention" blocks are OLMo-2's post-norm, x + norm(attn(x)) then x + norm(mlp(x)), with QK-norm over
+    all heads' channels at once and RoPE only when ``rope_parameters`` gives a theta (released checkpoints run
+    without: NoPE). Its GDN has separate projections, β = 2σ(·) when ``linear_allow_neg_eigval``, and a
+    gated output norm whose eps is fixed at 1e-5."""
+    c, source = hf.config, "OlmoHybridForCausalLM"
+    if c.hidden_act not in ("silu", "swish"):
+        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
+    rope = dict(getattr(c, "rope_parameters", None) or {})
+    use_rope = rope.get("rope_theta") is not None
+    if use_rope and rope.get("rope_type", "default") != "default":
+        _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE or none")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    attention = {"mixer": "attention", "norm_position": "post", "options": dict(
+        n_kv_heads=c.num_key_value_heads, head_dim=head_dim, qk_norm="all", norm_eps=c.rms_norm_eps,
+        bias=bool(c.attention_bias), rope=use_rope, rope_theta=float(rope.get("rope_theta") or 10000.0))}
+    linear = {"mixer": "gated_deltanet", "options": dict(
+        n_heads=c.linear_num_value_heads, n_k_heads=c.linear_num_key_heads, head_dim_k=c.linear_key_head_dim,
+        head_dim_v=c.linear_value_head_dim, d_conv=c.linear_conv_kernel_dim, chunk_size=64, norm_eps=1e-5,
+        allow_neg_eigval=bool(c.linear_allow_neg_eigval))}
+    pattern = []
+    for i, kind in enumerate(c.layer_types[:c.num_hidden_layers]):
+        if kind not in ("linear_attention", "full_attention"):
+            _refuse(source, f"layer_types[{i}]", kind, "'linear_attention' and 'full_attention' layers")
+        pattern.append(linear if kind == "linear_attention" else attention)
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers,
+                         n_heads=c.num_attention_heads, pattern=pattern, norm_eps=c.rms_norm_eps,
+                         ffn_options={"hidden": c.intermediate_size},
+                         tie_embeddings=_tied(hf.lm_head.weight, hf.model.embed_tokens.weight))
+    state = dict(hf.state_dict())
+
+    def take(name: str) -> torch.Tensor:
+        return state.pop(name).detach()
+
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.norm.weight")}
+    if "lm_head.weight" in state:
+        out["head.weight"] = take("lm_head.weight")
+    for i, kind in enumerate(c.layer_types[:c.num_hidden_layers]):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        if kind == "linear_attention":
+            a, m = p + "linear_attn.", b + "mixer."
+            out.update({b + "norm1.weight": take(p + "input_layernorm.weight"),
+                        b + "norm2.weight": take(p + "post_attention_layernorm.weight")})
+            for theirs, ours in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("a_proj", "alpha"),
+                                 ("b_proj", "beta"), ("g_proj", "out_gate"), ("o_proj", "out"), ("conv1d", "conv.conv")):
+                out[m + ours + ".weight"] = take(a + theirs + ".weight")
+            out.update({m + "A_log": take(a + "A_log"), m + "dt_bias": take(a + "dt_bias"),
+                        m + "norm.weight": take(a + "o_norm.weight").repeat(c.linear_num_value_heads)})
+        else:
+            a, m = p + "self_attn.", b + "mixer."
+            out.update({b + "norm1.weight": take(p + "post_attention_layernorm.weight"),
+                        b + "norm2.weight": take(p + "post_feedforward_layernorm.weight"),
+                        m + "q_norm.weight": take(a + "q_norm.weight"), m + "k_norm.weight": take(a + "k_norm.weight")})
+            for kind_ in ("weight", "bias") if c.attention_bias else ("weight",):
+                out[m + f"qkv.{kind_}"] = torch.cat([take(a + f"{x}_proj.{kind_}") for x in "qkv"])
+                out[m + f"out.{kind_}"] = take(a + f"o_proj.{kind_}")
+        out[b + "ffn.gate_up.weight"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+        out[b + "ffn.down.weight"] = take(p + "mlp.down_proj.weight")
+    _nothing_left(state, source)
+    return config, out
+
+
+def _nothing_left(state: dict, source: str) -> None:
+    if state:
+        raise ValueError(f"{source}: tensors {sorted(state)[:8]} have no seqmix counterpart (an unsupported variant?)")

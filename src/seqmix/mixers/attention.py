@@ -8,7 +8,7 @@ import torch
 from seqmix.layers import Linear, RMSNorm, apply_rope
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.ops import attention as op
-from seqmix.registry import POSITIVE, Annotated, Rule
+from seqmix.registry import POSITIVE, Annotated, Literal, Rule
 
 FRACTION = Rule("in (0, 1]", lambda v: 0 < v <= 1)
 
@@ -21,7 +21,8 @@ class Attention(Mixer):
     ``rope_theta``, ``rope_fraction`` (RoPE on the first fraction of each head's channels, the rest pass
     through: partial rotary), ``n_kv_heads`` (grouped-query attention: n_heads / n_kv_heads query heads share
     each key/value head; None = n_heads), ``head_dim`` (None = d_model / n_heads), ``qk_norm`` (RMSNorm of q and
-    k over each head's channels, before RoPE, with ``norm_eps``), ``output_gate`` (o ← o ⊙ σ(W_g x) before the
+    k before RoPE, with ``norm_eps``: "head" over each head's channels (Qwen3), "all" over all heads' channels
+    at once (OLMo-2); "none"), ``output_gate`` (o ← o ⊙ σ(W_g x) before the
     output projection), ``bias`` (biases on the four projections), ``chunk_size`` (query block size when
     continuing from a cache). One fused projection computes q, k, v (and the gate).
     State: {"k", "v": [B, n_kv_heads, S, head_dim] cache, "pos": [B] tokens seen so far}.
@@ -31,7 +32,7 @@ class Attention(Mixer):
                  window: Annotated[int, POSITIVE] | None = None, rope: bool = True,
                  rope_theta: Annotated[float, POSITIVE] = 10000.0, rope_fraction: Annotated[float, FRACTION] = 1.0,
                  n_kv_heads: Annotated[int, POSITIVE] | None = None, head_dim: Annotated[int, POSITIVE] | None = None,
-                 qk_norm: bool = False, norm_eps: Annotated[float, POSITIVE] = 1e-6, output_gate: bool = False,
+                 qk_norm: Literal["none", "head", "all"] = "none", norm_eps: Annotated[float, POSITIVE] = 1e-6, output_gate: bool = False,
                  bias: bool = False, chunk_size: Annotated[int, POSITIVE] = 256):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_dim=head_dim)
         self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -45,8 +46,10 @@ class Attention(Mixer):
         q_width, kv_width = n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.widths = (q_width, kv_width, kv_width) + ((q_width,) if output_gate else ())
         self.qkv = Linear(d_model, sum(self.widths), bias=bias)
-        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.qk_norm = qk_norm
+        if qk_norm != "none":  # over each head's channels, or over all heads' at once (OLMo-2)
+            self.q_norm = RMSNorm(self.head_dim if qk_norm == "head" else q_width, norm_eps)
+            self.k_norm = RMSNorm(self.head_dim if qk_norm == "head" else kv_width, norm_eps)
         self.out = Linear(q_width, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
@@ -64,9 +67,11 @@ class Attention(Mixer):
     def forward(self, x, state=None, shared=None):
         T = x.shape[1]
         parts = self.qkv.parts(x, self.widths)
-        q, k, v = split_heads(parts[0], self.n_heads), split_heads(parts[1], self.n_kv_heads), \
-            split_heads(parts[2], self.n_kv_heads)
-        if self.q_norm is not None:
+        q, k, v = parts[:3]
+        if self.qk_norm == "all":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = split_heads(q, self.n_heads), split_heads(k, self.n_kv_heads), split_heads(v, self.n_kv_heads)
+        if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_dims:
             start = 0 if state is None else state["pos"][:, None]

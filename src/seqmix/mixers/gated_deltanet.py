@@ -33,7 +33,8 @@ class GatedDeltaNet(Mixer):
     (None = n_heads), each serving n_heads / n_k_heads consecutive value heads (Qwen3-Next's grouped layout).
     Options: ``gate`` (the decay α; False = DeltaNet), ``head_dim_k`` (None = d_model / n_heads),
     ``head_dim_v`` (None = head_dim_k), ``d_conv`` (conv width; 0 = no conv), ``chunk_size`` (the chunked
-    form's chunk, a power of two), ``norm_eps``. Init: A ~ U[1, 16] (flash-linear-attention draws U[0, 16];
+    form's chunk, a power of two), ``norm_eps``, ``allow_neg_eigval`` (β = 2σ(W_β x) ∈ (0, 2): the transition
+    I − β k kᵀ may then have a negative eigenvalue, which helps state tracking; Grazzi et al. 2025, OLMo-Hybrid). Init: A ~ U[1, 16] (flash-linear-attention draws U[0, 16];
     the lower bound keeps log A finite), Δ log-uniform in [1e-3, 1e-1] as in Mamba-2.
     State: {"conv": [B, d_conv−1, H_k(2 d_k) + H d_v] (if d_conv), "S": [B, H, d_k, d_v]}.
     """
@@ -42,8 +43,10 @@ class GatedDeltaNet(Mixer):
                  n_k_heads: Annotated[int, POSITIVE] | None = None,
                  head_dim_k: Annotated[int, POSITIVE] | None = None,
                  head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
-                 chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5):
+                 chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5,
+                 allow_neg_eigval: bool = False):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_dim=head_dim_k)
+        self.beta_scale = 2.0 if allow_neg_eigval else 1.0
         Hk = n_heads if n_k_heads is None else n_k_heads
         if n_heads % Hk:
             raise ValueError(f"{self.registered_name} option n_k_heads={n_k_heads}: must divide n_heads={n_heads}")
@@ -78,7 +81,7 @@ class GatedDeltaNet(Mixer):
         q, k, v = l2_normalize(split_heads(q, Hk)), l2_normalize(split_heads(k, Hk)), split_heads(v, H)
         if Hk != H:  # each query/key head serves H / Hk consecutive value heads
             q, k = q.repeat_interleave(H // Hk, dim=1), k.repeat_interleave(H // Hk, dim=1)
-        beta = torch.sigmoid(self.beta(x)).transpose(1, 2)  # [B, H, T]
+        beta = (torch.sigmoid(self.beta(x)) * self.beta_scale).transpose(1, 2)  # [B, H, T]
         log_alpha = None
         if self.gate:  # log α = −exp(A_log) · softplus(W_α x + dt_bias), a per-head decay in (0, 1]
             A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
@@ -106,7 +109,8 @@ class DeltaNet(GatedDeltaNet):
                  n_k_heads: Annotated[int, POSITIVE] | None = None,
                  head_dim_k: Annotated[int, POSITIVE] | None = None,
                  head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
-                 chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5):
+                 chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5,
+                 allow_neg_eigval: bool = False):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, gate=False, n_k_heads=n_k_heads,
                          head_dim_k=head_dim_k, head_dim_v=head_dim_v, d_conv=d_conv, chunk_size=chunk_size,
-                         norm_eps=norm_eps)
+                         norm_eps=norm_eps, allow_neg_eigval=allow_neg_eigval)

@@ -16,9 +16,17 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive integer")
 
 
+NORM_POSITIONS = ("pre", "post")
+
+
 def _check_ffn(name: str, value: Any) -> None:
     if value != "none" and value not in FFNS.names():
         raise ValueError(f"{name}={value!r}: unknown; choose one of {FFNS.names() + ['none']}")
+
+
+def _check_norm_position(name: str, value: Any) -> None:
+    if value not in NORM_POSITIONS:
+        raise ValueError(f"{name}={value!r}: choose one of {list(NORM_POSITIONS)}")
 
 
 class DictConfig:
@@ -51,6 +59,8 @@ class ModelConfig(DictConfig):
       may set its own ``"ffn"`` and ``"ffn_options"`` (e.g. dense layers among MoE ones).
     * ``norm``: "rmsnorm" or "layernorm" for every norm of the model (blocks, final, embedding norm), with
       ``norm_eps``; ``final_norm_eps`` sets the final norm's eps alone (None = ``norm_eps``).
+    * ``norm_position``: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo-2's placement);
+      a pattern entry may set its own (OLMo-Hybrid's attention blocks are "post", its linear ones "pre").
     * ``embed_norm``: normalise the embeddings before the first block (RWKV's ln0).
     * ``mixer_conv``: kernel size of a causal depthwise convolution on every mixer's input, x + mixer(conv(norm
       x)) (Zoology's convention for recall experiments pairs every mixer with a kernel-3 one); 0 = none.
@@ -68,6 +78,7 @@ class ModelConfig(DictConfig):
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     norm: str = "rmsnorm"
+    norm_position: str = "pre"
     embed_norm: bool = False
     final_norm_eps: float | None = None
     mixer_conv: int = 0
@@ -80,6 +91,7 @@ class ModelConfig(DictConfig):
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         _check_ffn("ModelConfig.ffn", self.ffn)
+        _check_norm_position("ModelConfig.norm_position", self.norm_position)
         if self.norm not in NORMS:
             raise ValueError(f"ModelConfig.norm={self.norm!r}: unknown; choose one of {list(NORMS)}")
         for name, eps, optional in (("norm_eps", self.norm_eps, False), ("final_norm_eps", self.final_norm_eps, True)):
@@ -103,6 +115,8 @@ class ModelConfig(DictConfig):
                 raise ValueError(f"ModelConfig.mixer_options for {spec.mixer!r}: unknown option(s) {unknown}; "
                                  f"allowed: {allowed}")
         for i, spec in enumerate(specs):
+            if spec.norm_position is not None:
+                _check_norm_position(f"ModelConfig.pattern[{i}].norm_position", spec.norm_position)
             where = "ModelConfig.ffn_options" if spec.ffn is None else f"ModelConfig.pattern[{i}]"
             _check_ffn(f"ModelConfig.pattern[{i}].ffn", spec.ffn or self.ffn)
             ffn, options = self.layer_ffn(spec)
@@ -142,8 +156,10 @@ class ModelConfig(DictConfig):
             raise ValueError(f"ModelConfig.mixer_options: with a pattern, key options by mixer name; {stray} "
                              f"are not mixers of this pattern ({sorted(names)})")
         if isinstance(self.pattern, str):  # the user's mixer_options refine a preset's defaults
-            return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}, s.ffn, s.ffn_options)
+            return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}, s.ffn, s.ffn_options,
+                              s.norm_position)
                     for s in specs]
         # an explicit per-layer entry is the most specific setting
-        return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}, s.ffn, s.ffn_options)
+        return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}, s.ffn, s.ffn_options,
+                          s.norm_position)
                 for s in specs]

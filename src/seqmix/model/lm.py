@@ -12,7 +12,8 @@ from seqmix.model.config import ModelConfig
 
 
 class Block(nn.Module):
-    """x + mixer(norm x), then x + ffn(norm x); the norm is ``ModelConfig.norm``.
+    """x + mixer(norm x), then x + ffn(norm x); the norm is ``ModelConfig.norm``. With ``norm_position="post"``
+    the norms act on the sub-layers' outputs instead: x + norm(mixer(x)), then x + norm(ffn(x)) (OLMo-2).
 
     With ``mixer_conv = K > 0``, x + mixer(conv(norm x)): a causal depthwise convolution of kernel K (its tail
     is part of the block's state) gives every mixer the last K tokens, as in Zoology's recall experiments.
@@ -26,8 +27,11 @@ class Block(nn.Module):
     """
 
     def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, eps: float, norm: str = "rmsnorm",
-                 mixer_conv: int = 0):
+                 mixer_conv: int = 0, norm_position: str = "pre"):
         super().__init__()
+        if norm_position == "post" and mixer.normalizes_input:
+            raise ValueError(f"norm_position='post': the {mixer.registered_name} mixer holds its own input norms")
+        self.post_norm = norm_position == "post"
         self.norm1 = nn.Identity() if mixer.normalizes_input else make_norm(norm, d_model, eps)
         self.conv = ShortConv(d_model, mixer_conv) if mixer_conv else None
         self.mixer = mixer
@@ -42,7 +46,7 @@ class Block(nn.Module):
         return state
 
     def forward(self, x, state=None, shared=None):
-        h = self.norm1(x)
+        h = x if self.post_norm else self.norm1(x)
         conv_tail = None
         if self.conv is not None:
             h, conv_tail = self.conv(h, None if state is None else state["conv"])
@@ -51,11 +55,11 @@ class Block(nn.Module):
                 h, mixer_state = self.mixer(h.float(), None if state is None else state["mixer"], shared)
         else:
             h, mixer_state = self.mixer(h, None if state is None else state["mixer"], shared)
-        x = x + h
+        x = x + (self.norm1(h) if self.post_norm else h)
         ffn_state = {}
         if self.ffn is not None:
-            h, ffn_state = self.ffn(self.norm2(x), None if state is None else state["ffn"])
-            x = x + h
+            h, ffn_state = self.ffn(x if self.post_norm else self.norm2(x), None if state is None else state["ffn"])
+            x = x + (self.norm2(h) if self.post_norm else h)
         if state is None:
             return x, None
         new_state = {"mixer": mixer_state, "ffn": ffn_state}
@@ -94,7 +98,8 @@ class SeqMixLM(nn.Module):
             ffn_name, ffn_options = c.layer_ffn(spec)
             ffn = None if ffn_name == "none" else FFNS.build(ffn_name, c.d_model, options=ffn_options, layer_idx=i,
                                                              n_layers=c.n_layers)
-            blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm, c.mixer_conv))
+            blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm, c.mixer_conv,
+                                spec.norm_position or c.norm_position))
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.embed_norm else None
