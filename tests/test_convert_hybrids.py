@@ -159,3 +159,48 @@ def test_olmo_hybrid(overrides):
 def test_olmo_hybrid_refuses_what_it_cannot_represent():
     with pytest.raises(ValueError, match="hidden_act='relu'"):
         from_transformers(_olmo_hybrid(hidden_act="relu"))
+
+
+def _kimi_linear(**overrides):
+    if not hasattr(transformers, "KimiLinearConfig"):
+        pytest.skip("this transformers has no Kimi Linear")
+    fields = dict(vocab_size=83, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=48, intermediate_size=40,
+                  num_hidden_layers=4, layer_types=["linear_attention"] * 3 + ["full_attention"],
+                  mlp_layer_types=["dense", "sparse", "sparse", "sparse"], num_attention_heads=4, num_key_value_heads=4,
+                  kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6,
+                  linear_num_heads=3, linear_head_dim=10, linear_conv_kernel_dim=4, num_experts=8,
+                  num_experts_per_token=3, moe_intermediate_size=12, num_shared_experts=1, num_expert_group=4,
+                  topk_group=2, routed_scaling_factor=2.5, moe_renormalize=True, tie_word_embeddings=False)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    hf = transformers.KimiLinearForCausalLM(transformers.KimiLinearConfig(**fields))
+    with torch.no_grad():  # the load-balancing bias steers the choice: make it matter
+        for name, buffer in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_(torch.randn_like(buffer) * 0.2)
+    return hf
+
+
+KIMI_LINEAR = {
+    "grouped-routing-kda-mla": {},
+    "query-latent-tied-bias-plain-routing": dict(
+        q_lora_rank=12, tie_word_embeddings=True, attention_bias=True, num_expert_group=1, topk_group=1,
+        moe_renormalize=False, num_shared_experts=2, num_hidden_layers=3,
+        layer_types=["full_attention", "linear_attention", "linear_attention"],
+        mlp_layer_types=["sparse", "dense", "sparse"], linear_num_heads=2, linear_head_dim=8, linear_conv_kernel_dim=3),
+}
+
+
+@pytest.mark.parametrize("overrides", list(KIMI_LINEAR.values()), ids=list(KIMI_LINEAR))
+def test_kimi_linear(overrides):
+    model = check_conversion(_kimi_linear(**overrides))
+    types = overrides.get("layer_types", ["linear_attention"] * 3 + ["full_attention"])
+    assert [b.mixer.registered_name for b in model.blocks] == ["kda" if t == "linear_attention" else "mla" for t in types]
+    mla = next(b.mixer for b in model.blocks if b.mixer.registered_name == "mla")
+    state = model.init_state(1)[[b.mixer for b in model.blocks].index(mla)]["mixer"]
+    assert set(state) == {"c", "k_rope", "pos"}  # the cache holds the latents, not per-head keys and values
+
+
+def test_kimi_linear_refuses_what_it_cannot_represent():
+    with pytest.raises(ValueError, match="num_key_value_heads=2"):
+        from_transformers(_kimi_linear(num_key_value_heads=2))

@@ -19,9 +19,12 @@ def _loop_over_experts(m: MoE, x):
     for n, token in enumerate(x):
         logits = m.router.weight @ token
         scores = logits.softmax(-1) if m.score == "softmax" else logits.sigmoid()
-        bias = 0 if m.selection_bias is None else m.selection_bias
-        chosen = sorted(range(m.n_experts), key=lambda e: -(scores[e] + bias[e] if torch.is_tensor(bias) else scores[e]))
-        chosen = chosen[:m.top_k]
+        choice = scores if m.selection_bias is None else scores + m.selection_bias
+        size = m.n_experts // m.n_groups
+        group_score = [sorted(choice[g * size:(g + 1) * size].tolist())[-2:] for g in range(m.n_groups)]
+        best_groups = sorted(range(m.n_groups), key=lambda g: -sum(group_score[g]))[:m.top_groups]
+        allowed = [e for e in range(m.n_experts) if e // size in best_groups]
+        chosen = sorted(allowed, key=lambda e: -choice[e])[:m.top_k]
         total = sum(scores[e] for e in chosen) if m.normalize else 1.0
         for e in chosen:
             W1, W3 = m.gate_up[e][:m.hidden], m.gate_up[e][m.hidden:]
@@ -37,7 +40,8 @@ def _loop_over_experts(m: MoE, x):
     {},
     {"n_experts": 6, "top_k": 3, "normalize": False, "shared_hidden": 10, "shared_gate": True},  # Qwen3-Next's
     {"score": "sigmoid", "selection_bias": True, "scale": 2.5, "shared_hidden": 8},  # DeepSeek-V3 / Kimi's
-    {"n_experts": 4, "top_k": 4, "hidden": 5}])
+    {"n_experts": 4, "top_k": 4, "hidden": 5},
+    {"n_experts": 8, "top_k": 3, "n_groups": 4, "top_groups": 2, "score": "sigmoid", "selection_bias": True}])  # Kimi's
 def test_moe_equals_a_loop_over_experts(options):
     torch.manual_seed(0)
     m = FFNS.build("moe", 12, options=options).double()
@@ -89,6 +93,8 @@ def test_moe_model_with_dense_layers_holds_the_any_split_invariant():
     (dict(ffn="moe", ffn_options={"top_k": 9}), "top_k=9: must be at most n_experts=8"),
     (dict(ffn="moe", ffn_options={"score": "relu"}), r"score='relu': must be one of \['softmax', 'sigmoid'\]"),
     (dict(ffn="moe", ffn_options={"shared_gate": True}), "shared_gate=True needs shared experts"),
+    (dict(ffn="moe", ffn_options={"n_groups": 3}), "n_groups=3: must divide n_experts=8"),
+    (dict(ffn="moe", ffn_options={"n_groups": 4, "top_groups": 1, "top_k": 3}), "top_groups=1: must be at most"),
     (dict(pattern=["gla", {"mixer": "gla", "ffn": "mlp"}], n_layers=2), r"pattern\[1\].ffn='mlp': unknown"),
     (dict(pattern=["gla", {"mixer": "gla", "ffn": "moe", "ffn_options": {"experts": 2}}], n_layers=2),
      r"pattern\[1\] for 'moe': unknown option\(s\) \['experts'\]"),

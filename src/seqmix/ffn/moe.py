@@ -22,7 +22,9 @@ class MoE(FFN):
     experts of s + b are chosen, where b is a per-expert bias used for the choice only (``selection_bias``,
     DeepSeek-V3's and Kimi's load-balancing bias; zero and not trained otherwise); w = s of the chosen experts,
     divided by their sum when ``normalize`` (Qwen's ``norm_topk_prob``, Mixtral), times ``scale``
-    (``routed_scaling_factor``). Shared experts: one SwiGLU of width ``shared_hidden`` (0 = none) seen by every
+    (``routed_scaling_factor``). With ``n_groups`` > 1 the choice is group-limited (DeepSeek-V3, Kimi): the
+    experts split into n_groups equal groups, each scored by the sum of its two best s + b, and the top_k
+    experts are chosen within the ``top_groups`` best groups. Shared experts: one SwiGLU of width ``shared_hidden`` (0 = none) seen by every
     token, gated by σ(w_g · x) when ``shared_gate`` (Qwen3-Next). ``hidden``: each expert's width (default the
     dense SwiGLU's width divided by top_k, so a token's compute matches a dense layer's).
 
@@ -37,10 +39,18 @@ class MoE(FFN):
                  score: Literal["softmax", "sigmoid"] = "softmax", normalize: bool = True,
                  scale: Annotated[float, POSITIVE] = 1.0, selection_bias: bool = False,
                  shared_hidden: Annotated[int, NON_NEGATIVE] = 0, shared_gate: bool = False,
+                 n_groups: Annotated[int, POSITIVE] = 1, top_groups: Annotated[int, POSITIVE] | None = None,
                  aux_loss_weight: Annotated[float, NON_NEGATIVE] = 0.01):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
         if top_k > n_experts:
             raise ValueError(f"moe option top_k={top_k}: must be at most n_experts={n_experts}")
+        top_groups = n_groups if top_groups is None else top_groups
+        if n_experts % n_groups or (n_groups > 1 and n_experts // n_groups < 2):
+            raise ValueError(f"moe option n_groups={n_groups}: must divide n_experts={n_experts} into groups of ≥ 2")
+        if top_groups > n_groups or top_k > top_groups * (n_experts // n_groups):
+            raise ValueError(f"moe option top_groups={top_groups}: must be at most n_groups={n_groups} and leave "
+                             f"top_k={top_k} experts to choose from")
+        self.n_groups, self.top_groups = n_groups, top_groups
         if shared_gate and not shared_hidden:
             raise ValueError("moe option shared_gate=True needs shared experts (shared_hidden > 0)")
         h = hidden or max(1, 8 * ((8 * d_model // 3 + 7) // 8) // top_k)
@@ -62,6 +72,11 @@ class MoE(FFN):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         scores = logits.softmax(-1) if self.score == "softmax" else logits.sigmoid()
         choice = scores if self.selection_bias is None else scores + self.selection_bias.to(scores.dtype)
+        if self.top_groups < self.n_groups:  # group-limited: experts only from the groups whose top two score most
+            grouped = choice.unflatten(-1, (self.n_groups, -1))
+            groups = grouped.topk(2, dim=-1).values.sum(-1).topk(self.top_groups, dim=-1).indices
+            allowed = torch.zeros_like(grouped[..., 0], dtype=torch.bool).scatter_(-1, groups, True)
+            choice = grouped.masked_fill(~allowed[..., None], float("-inf")).flatten(-2)
         experts = choice.topk(self.top_k, dim=-1).indices
         weights = scores.gather(-1, experts)
         if self.normalize:

@@ -19,23 +19,30 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(RMSNorm):
-    """y = RMSNorm(x) · silu(gate), normalising over groups of `group_size` channels (one group per head).
+    """y = RMSNorm(x) · act(gate), normalising over groups of `group_size` channels (one group per head);
+    act = silu (GLA, Gated DeltaNet) or sigmoid (Kimi Delta Attention).
 
     Norm, then gate: GLA's fused norm-swish output gate. Mamba-2's `RMSNormGated` gates first and then
     normalises; call it without a gate on the gated input, ``norm(y · silu(z))``.
     """
 
-    def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-5):
+    def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-5, activation: str = "silu"):
         super().__init__(dim, eps)
         self.group_size = group_size or dim
         if dim % self.group_size:
             raise ValueError(f"GatedRMSNorm: dim={dim} is not divisible by group_size={self.group_size}")
+        if activation not in GATE_ACTIVATIONS:
+            raise ValueError(f"GatedRMSNorm: activation={activation!r}; choose one of {list(GATE_ACTIVATIONS)}")
+        self.activation = GATE_ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(*shape[:-1], -1, self.group_size)
         x = F.rms_norm(x, (self.group_size,), None, self.eps).reshape(shape) * self.weight
-        return x if gate is None else x * F.silu(gate)
+        return x if gate is None else x * self.activation(gate)
+
+
+GATE_ACTIVATIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
 
 
 NORMS = ("rmsnorm", "layernorm")
