@@ -89,14 +89,19 @@ def test_bench_cli_generate_suite_times_whole_models_against_their_floor(tmp_pat
         cli._sizes("16")
 
 
-def test_bench_cli_gated_delta_checks_against_transformers_first(tmp_path, capsys):
+def test_bench_cli_hf_layers_checks_against_transformers_first(tmp_path, capsys):
     pytest.importorskip("transformers.models.qwen3_next")
-    out = tmp_path / "gd.json"
+    pytest.importorskip("transformers.models.kimi_linear")
+    out = tmp_path / "hf.json"
     parser = argparse.ArgumentParser()
     cli.configure(parser)
-    args = parser.parse_args(["--suite", "gated-delta", "--lengths", "70,128", "--d-model", "32", "--n-heads", "2",
+    args = parser.parse_args(["--suite", "hf-layers", "--lengths", "70", "--d-model", "32", "--n-heads", "2",
                               "--rounds", "1", "--min-time", "0", "--out", str(out)])
     assert cli.run(args) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["L"] for r in rows] == [70, 128] and all(r["relative_error"] <= 1e-4 for r in rows)
-    assert "| 70 |" in capsys.readouterr().out
+    assert [r["mixer"] for r in rows] == ["gated_deltanet", "kda", "attention", "mla"]
+    assert all(r["L"] == 70 and r["relative_error"] <= 1e-4 and r["speedup"] > 0 for r in rows)
+    assert "| `kda` | KimiLinearDeltaAttention" in capsys.readouterr().out
+    args = parser.parse_args(["--suite", "hf-layers", "--mixers", "mamba"])
+    with pytest.raises(ValueError, match=r"--mixers \['mamba'\]: the transformers comparison has"):
+        cli.run(args)

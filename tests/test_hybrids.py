@@ -27,6 +27,14 @@ def test_jamba_layout():
     assert spec.options == {"rope": False}
 
 
+def test_production_hybrid_layouts():
+    for pattern, linear, full in (("qwen3_next", "gated_deltanet", "attention"), ("kimi_linear", "kda", "mla")):
+        names = [s.mixer for s in ModelConfig(pattern=pattern, n_layers=8, d_model=32, n_heads=2).layer_specs()]
+        assert names == [linear] * 3 + [full] + [linear] * 3 + [full]
+        names = [s.mixer for s in ModelConfig(pattern=pattern, n_layers=2, d_model=32, n_heads=2).layer_specs()]
+        assert names == [linear, full]
+
+
 def test_samba_and_griffin_layouts():
     assert layout("samba", 5) == ["M", "W128", "M", "W128", "M"]
     assert layout("griffin", 7) == ["R", "R", "W128", "R", "R", "W128", "R"]
@@ -34,7 +42,8 @@ def test_samba_and_griffin_layouts():
     assert layout("griffin", 1) == ["R"]
 
 
-@pytest.mark.parametrize("pattern, n_layers", [("jamba", 2), ("samba", 2), ("griffin", 3)])
+@pytest.mark.parametrize("pattern, n_layers", [("jamba", 2), ("samba", 2), ("griffin", 3), ("qwen3_next", 4),
+                                               ("kimi_linear", 2)])
 def test_presets_hold_the_any_split_invariant(pattern, n_layers):
     assert_any_split(ModelConfig(pattern=pattern, n_layers=n_layers, d_model=32, n_heads=2))
 
@@ -47,7 +56,8 @@ def test_free_list_with_short_windows_holds_the_any_split_invariant():
     assert_any_split(cfg)
 
 
-@pytest.mark.parametrize("pattern, n_layers", [("jamba", 2), ("samba", 2), ("griffin", 3)])
+@pytest.mark.parametrize("pattern, n_layers", [("jamba", 2), ("samba", 2), ("griffin", 3), ("qwen3_next", 2),
+                                               ("kimi_linear", 2)])
 def test_presets_train(pattern, n_layers):
     torch.manual_seed(0)
     model = SeqMixLM(ModelConfig(pattern=pattern, n_layers=n_layers, d_model=32, n_heads=2, vocab_size=16))

@@ -4,7 +4,7 @@
 to afford three seeds per quality comparison and recall trained to convergence, it races the entrants the
 claims need rather than every architecture. ``cpu-medium`` (at most 2 hours on 2 cores, resumable) trains at
 8× the context, so that loss against context can be judged, and runs recall on more widths, pair counts and
-mixers. Neither races all 17 architectures: ``--mixers`` does, at the cost of time. ``gpu`` is
+mixers. Neither races every architecture (all mixers and hybrid presets): ``--mixers`` does, at the cost of time. ``gpu`` is
 sized for one modern GPU.
 """
 from __future__ import annotations

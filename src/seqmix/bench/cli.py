@@ -15,6 +15,7 @@ from seqmix.bench.suites import decode_suite, forward_suite, model_generate_suit
 DEFAULT_MIXERS = "attention,linear_attention,gla"
 TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
 GENERATE_MIXERS = "mamba,mamba2,gla,rwkv7,ttt_linear"  # the default of --suite generate
+HF_MIXERS = "gated_deltanet,kda,attention,mla"  # the default of --suite hf-layers
 
 
 def _ints(text: str) -> list[int]:
@@ -22,12 +23,12 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(p) -> None:
-    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "gated-delta", "all"], default="all",
+    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "hf-layers", "all"], default="all",
                    help="all = forward + decode + the TTT forms table; ttt = the TTT forms table, then forward "
                         "and decode of TTT-Linear, TTT-MLP and attention; generate = whole models decoding "
-                        f"through sample() against their memory floor (default mixers {GENERATE_MIXERS}); gated-delta = the "
-                        "gated delta rule against transformers' Qwen3-Next torch path, same inputs, head_dim = "
-                        "d_model / n_heads, at --lengths")
+                        f"through sample() against their memory floor (default mixers {GENERATE_MIXERS}); hf-layers = the "
+                        f"production mixers ({HF_MIXERS}) against the same layers of transformers' Qwen3-Next and "
+                        "Kimi Linear (their CPU torch paths), same weights, outputs checked equal first, at --lengths")
     p.add_argument("--mixers", default=None,
                    help=f"comma-separated mixer names (see available_mixers()); default {DEFAULT_MIXERS} "
                         f"({TTT_MIXERS} for --suite ttt)")
@@ -143,12 +144,12 @@ def _fmt_generate(rows: list[dict]) -> str:
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
-    default = {"ttt": TTT_MIXERS, "generate": GENERATE_MIXERS}.get(args.suite, DEFAULT_MIXERS)
+    default = {"ttt": TTT_MIXERS, "generate": GENERATE_MIXERS, "hf-layers": HF_MIXERS}.get(args.suite, DEFAULT_MIXERS)
     mixers = [m for m in (args.mixers or default).split(",") if m]
     if args.suite == "generate":
         return _run_generate(args, mixers)
-    if args.suite == "gated-delta":
-        return _run_gated_delta(args)
+    if args.suite == "hf-layers":
+        return _run_hf_layers(args, mixers)
     options = json.loads(args.mixer_options)
     official = load_official(args.ttt_official) if args.ttt_official and args.suite in ("ttt", "all") else None
     roof = measure_roofline()
@@ -212,23 +213,22 @@ def _run_generate(args, mixers: list[str]) -> int:
     return 0
 
 
-def _run_gated_delta(args) -> int:
-    from seqmix.bench.hf_fallback import gated_delta_suite
+def _run_hf_layers(args, mixers: list[str]) -> int:
+    from seqmix.bench.hf_fallback import LAYERS, hf_layer_suite
 
     info = machine_info()
-    head_dim = args.d_model // args.n_heads
     print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}")
-    note = lambda r: print(f"  L={r['L']}: transformers {r['transformers_ms']:.1f} ms, seqmix {r['seqmix_ms']:.1f} ms "  # noqa: E731
-                           f"(outputs agree to {r['relative_error']:.1e})", flush=True)
-    rows = gated_delta_suite(args.lengths, args.n_heads, head_dim, args.rounds, args.min_time, progress=note)
-    lines = ["| L | transformers `torch_chunk_gated_delta_rule` | seqmix `delta_rule.gated_chunked` | speed-up |",
-             "|---|---|---|---|"]
+    note = lambda r: print(f"  {r['mixer']:14s} L={r['L']}: transformers {r['transformers_ms']:.1f} ms, seqmix "  # noqa: E731
+                           f"{r['seqmix_ms']:.1f} ms (outputs agree to {r['relative_error']:.1e})", flush=True)
+    rows = hf_layer_suite(mixers, args.lengths, args.d_model, args.n_heads, args.rounds, args.min_time, note)
+    lines = ["| seqmix mixer | transformers layer | L | transformers | seqmix | speed-up |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['L']} | {r['transformers_ms']:.1f} ms [{min(r['transformers_round_ms']):.1f}–"
-                     f"{max(r['transformers_round_ms']):.1f}] | {r['seqmix_ms']:.1f} ms [{min(r['seqmix_round_ms']):.1f}–"
-                     f"{max(r['seqmix_round_ms']):.1f}] | {r['speedup']:.2f}× |")
-    print(f"\ngated delta rule, batch 1, {args.n_heads} heads of {head_dim}, chunk 64, float32, median [range] of "
-          f"{args.rounds} interleaved rounds:\n" + "\n".join(lines))
+        lines.append(f"| `{r['mixer']}` | {LAYERS[r['mixer']][2]} | {r['L']} | {r['transformers_ms']:.1f} ms "
+                     f"[{min(r['transformers_round_ms']):.1f}–{max(r['transformers_round_ms']):.1f}] | "
+                     f"{r['seqmix_ms']:.1f} ms [{min(r['seqmix_round_ms']):.1f}–{max(r['seqmix_round_ms']):.1f}] | "
+                     f"{r['speedup']:.2f}× |")
+    print(f"\none layer, batch 1, d_model {args.d_model}, {args.n_heads} heads of {args.d_model // args.n_heads}, "
+          f"float32, no autograd, median [range] of {args.rounds} interleaved rounds:\n" + "\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))

@@ -1,61 +1,88 @@
-"""The gated delta rule (Gated DeltaNet, Qwen3-Next's linear layers) against transformers' own CPU path,
-``torch_chunk_gated_delta_rule`` of its Qwen3-Next model, on the same inputs: outputs and final states are
-checked equal first, then both are timed in interleaved rounds (one op call over the whole sequence)."""
+"""The production mixers against transformers' own CPU paths, layer by layer: a one-layer transformers model
+(Qwen3-Next, Kimi Linear) with random weights is converted with ``from_transformers``, so both sides hold the
+same weights; each layer's outputs are checked equal first, then both are timed in interleaved rounds on the
+same input (one forward over the whole sequence, no autograd). transformers' layers run its torch fallbacks
+(``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``, SDPA attention), what users have on CPU."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.nn.functional as F
 
 from seqmix.bench.harness import time_interleaved
-from seqmix.ops import delta_rule
+
+# seqmix mixer -> (transformers model family, layer type, what transformers' layer runs)
+LAYERS = {
+    "gated_deltanet": ("qwen3_next", "linear_attention", "Qwen3NextGatedDeltaNet (torch_chunk_gated_delta_rule)"),
+    "attention": ("qwen3_next", "full_attention", "Qwen3NextAttention (gated, QK-norm, partial RoPE; SDPA)"),
+    "kda": ("kimi_linear", "linear_attention", "KimiLinearDeltaAttention (chunk_kimi_delta_attention)"),
+    "mla": ("kimi_linear", "full_attention", "KimiLinearAttention (latent attention; SDPA)"),
+}
 
 
-def transformers_gated_delta_rule():
-    """transformers' chunked torch fallback, or an ImportError saying what to install."""
-    try:
-        from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
-    except ImportError as error:
-        raise ImportError("the gated delta rule comparison needs transformers with Qwen3-Next (pip install "
-                          f"'seqmix[hf]'): {error}") from None
-    return torch_chunk_gated_delta_rule
+def _one_layer_model(family: str, layer_type: str, d_model: int, heads: int, head_dim: int):
+    import transformers
+
+    common = dict(vocab_size=256, hidden_size=d_model, intermediate_size=4 * d_model, num_hidden_layers=1,
+                  layer_types=[layer_type], num_attention_heads=heads, num_key_value_heads=heads, pad_token_id=0,
+                  tie_word_embeddings=False)
+    if family == "qwen3_next":
+        config = transformers.Qwen3NextConfig(
+            **common, head_dim=head_dim, num_experts=0, linear_num_key_heads=max(1, heads // 2),
+            linear_num_value_heads=heads, linear_key_head_dim=head_dim, linear_value_head_dim=head_dim)
+        model = transformers.Qwen3NextForCausalLM(config)
+    else:
+        config = transformers.KimiLinearConfig(
+            **common, mlp_layer_types=["dense"], linear_num_heads=heads, linear_head_dim=head_dim,
+            kv_lora_rank=4 * head_dim, qk_nope_head_dim=head_dim, qk_rope_head_dim=head_dim // 2, v_head_dim=head_dim,
+            bos_token_id=1, eos_token_id=2)
+        model = transformers.KimiLinearForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    return model.float().eval()
 
 
-def seqmix_gated_delta_rule(q, k, v, g, beta, chunk_size: int):
-    """q, k [B, T, H, Dk] (L2-normalised), v [B, T, H, Dv], g (log decay), beta [B, T, H], in transformers'
-    layout -> (o [B, T, H, Dv], final state [B, H, Dk, Dv]) through ``ops.delta_rule.gated_chunked``."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    o, state = delta_rule.gated_chunked(q, k, v, beta.transpose(1, 2), g.transpose(1, 2), None,
-                                        q.shape[-1] ** -0.5, chunk_size)
-    return o.transpose(1, 2), state
+def _transformers_layer(family: str, layer_type: str, hf) -> Callable[[torch.Tensor], torch.Tensor]:
+    layer = hf.model.layers[0]
+    if layer_type == "linear_attention":
+        module = layer.linear_attn if family == "qwen3_next" else layer.self_attn
+        return lambda x: module(hidden_states=x)
+    if family == "qwen3_next":  # its attention takes the model's rotary embeddings
+        return lambda x: layer.self_attn(x, hf.model.rotary_emb(x, torch.arange(x.shape[1])[None]), None)[0]
+    return lambda x: layer.self_attn(hidden_states=x, attention_mask=None)[0]
 
 
-def gated_delta_suite(lengths: list[int], heads: int, head_dim: int, rounds: int, min_time: float,
-                      chunk_size: int = 64, progress=None) -> list[dict]:
-    reference = transformers_gated_delta_rule()
+def hf_layer_suite(mixers: list[str], lengths: list[int], d_model: int, heads: int, rounds: int, min_time: float,
+                   progress=None) -> list[dict]:
+    """Per mixer and length: both layers' median time and the outputs' relative difference (≤ 1e-4 required)."""
+    from seqmix.interop import from_transformers
+
+    unknown = sorted(set(mixers) - set(LAYERS))
+    if unknown:
+        raise ValueError(f"--mixers {unknown}: the transformers comparison has {sorted(LAYERS)}")
+    head_dim = d_model // heads
     rows = []
-    for L in lengths:
-        gen = torch.Generator().manual_seed(L)
-        q, k = (F.normalize(torch.randn(1, L, heads, head_dim, generator=gen), dim=-1) for _ in range(2))
-        v = torch.randn(1, L, heads, head_dim, generator=gen)
-        g = -F.softplus(torch.randn(1, L, heads, generator=gen)) * 0.1
-        beta = torch.rand(1, L, heads, generator=gen)
-        with torch.no_grad():
-            o_ref, s_ref = reference(q, k, v, g, beta, chunk_size=64, output_final_state=True)
-            o, s = seqmix_gated_delta_rule(q, k, v, g, beta, chunk_size)
-            error = max(((o - o_ref).abs().max() / o_ref.abs().max()).item(),
-                        ((s - s_ref).abs().max() / s_ref.abs().max()).item())
-            if not error <= 1e-4:
-                raise RuntimeError(f"gated delta rule at L={L}: seqmix and transformers differ by {error:.2e}")
-            timings = time_interleaved(
-                {"transformers": lambda: reference(q, k, v, g, beta, chunk_size=64, output_final_state=True),
-                 "seqmix": lambda: seqmix_gated_delta_rule(q, k, v, g, beta, chunk_size)},
-                rounds=rounds, min_time=min_time)
-        row = {"suite": "gated_delta", "L": L, "heads": heads, "head_dim": head_dim, "relative_error": error,
-               "transformers_ms": timings["transformers"].median * 1e3, "seqmix_ms": timings["seqmix"].median * 1e3,
-               "transformers_round_ms": [t * 1e3 for t in timings["transformers"].samples],
-               "seqmix_round_ms": [t * 1e3 for t in timings["seqmix"].samples]}
-        row["speedup"] = row["transformers_ms"] / row["seqmix_ms"]
-        rows.append(row)
-        if progress:
-            progress(row)
+    for name in mixers:
+        family, layer_type, what = LAYERS[name]
+        torch.manual_seed(0)
+        hf = _one_layer_model(family, layer_type, d_model, heads, head_dim)
+        theirs = _transformers_layer(family, layer_type, hf)
+        ours = from_transformers(hf).blocks[0].mixer
+        for L in lengths:
+            x = torch.randn(1, L, d_model, generator=torch.Generator().manual_seed(L))
+            with torch.no_grad():
+                reference, mine = theirs(x), ours(x)[0]
+                error = ((mine - reference).abs().max() / reference.abs().max()).item()
+                if not error <= 1e-4:
+                    raise RuntimeError(f"{name} at L={L}: seqmix and transformers differ by {error:.2e}")
+                timings = time_interleaved({"transformers": lambda: theirs(x), "seqmix": lambda: ours(x)},
+                                           rounds=rounds, min_time=min_time)
+            row = {"suite": "hf_layers", "mixer": name, "transformers_layer": what, "L": L, "d_model": d_model,
+                   "heads": heads, "head_dim": head_dim, "relative_error": error,
+                   "transformers_ms": timings["transformers"].median * 1e3, "seqmix_ms": timings["seqmix"].median * 1e3,
+                   "transformers_round_ms": [t * 1e3 for t in timings["transformers"].samples],
+                   "seqmix_round_ms": [t * 1e3 for t in timings["seqmix"].samples]}
+            row["speedup"] = row["transformers_ms"] / row["seqmix_ms"]
+            rows.append(row)
+            if progress:
+                progress(row)
     return rows

@@ -72,3 +72,25 @@ def griffin(n_layers: int) -> list:
     RecurrentGemma); here 128, as for samba."""
     local = {"mixer": "attention", "options": {"window": 128}}
     return [local if i % 3 == 2 or (n_layers == 2 and i == 1) else "rglru" for i in range(n_layers)]
+
+
+@register_pattern("qwen3_next")
+def qwen3_next(n_layers: int) -> list:
+    """Qwen3-Next (Qwen team 2025): three Gated DeltaNet layers, then one gated attention layer (sigmoid output
+    gate, QK-norm per head, RoPE on a quarter of each head), repeated; a model of fewer than 4 layers ends with
+    its one attention layer. Not modelled: its value heads outnumbering its query/key heads 2 : 1 (the
+    ``n_k_heads`` option of ``gated_deltanet``), and the MoE MLPs (``ffn="moe"`` adds them)."""
+    linear = {"mixer": "gated_deltanet", "options": {}}
+    attention = {"mixer": "attention", "options": {"qk_norm": "head", "output_gate": True, "rope_fraction": 0.25}}
+    last = n_layers - 1
+    return [attention if i % 4 == 3 or (n_layers < 4 and i == last) else linear for i in range(n_layers)]
+
+
+@register_pattern("kimi_linear")
+def kimi_linear(n_layers: int) -> list:
+    """Kimi Linear (Kimi Team 2025): three Kimi Delta Attention layers, then one multi-head latent attention
+    layer without positional encoding, repeated; a model of fewer than 4 layers ends with its one MLA layer.
+    Not modelled: the MoE MLPs (``ffn="moe"`` with ``score="sigmoid"``, ``selection_bias`` adds them)."""
+    last = n_layers - 1
+    mla = {"mixer": "mla", "options": {"rope": False}}
+    return [mla if i % 4 == 3 or (n_layers < 4 and i == last) else "kda" for i in range(n_layers)]
