@@ -204,3 +204,39 @@ def test_kimi_linear(overrides):
 def test_kimi_linear_refuses_what_it_cannot_represent():
     with pytest.raises(ValueError, match="num_key_value_heads=2"):
         from_transformers(_kimi_linear(num_key_value_heads=2))
+
+
+def _minimax(**overrides):
+    if not hasattr(transformers, "MiniMaxConfig"):
+        pytest.skip("this transformers has no MiniMax")
+    fields = dict(vocab_size=79, hidden_size=48, intermediate_size=20, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, layer_types=["linear_attention", "full_attention"] * 2, num_local_experts=4,
+                  num_experts_per_tok=2, block_size=8, full_attn_alpha_factor=1.7, full_attn_beta_factor=0.6,
+                  linear_attn_alpha_factor=1.3, linear_attn_beta_factor=0.8, mlp_alpha_factor=1.2,
+                  mlp_beta_factor=0.9, tie_word_embeddings=False)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    return transformers.MiniMaxForCausalLM(transformers.MiniMaxConfig(**fields))
+
+
+MINIMAX = {
+    "scaled-residuals-blocks-of-8": {},
+    "tied-window-head-width-top1": dict(tie_word_embeddings=True, sliding_window=6, head_dim=8, num_key_value_heads=4,
+                                        num_experts_per_tok=1, num_hidden_layers=3, block_size=4,
+                                        layer_types=["full_attention", "linear_attention", "linear_attention"]),
+}
+
+
+@pytest.mark.parametrize("overrides", list(MINIMAX.values()), ids=list(MINIMAX))
+def test_minimax(overrides):
+    hf = _minimax(**overrides)
+    model = check_conversion(hf, length=27)  # longer than a few of its prefill blocks
+    lightning = [b.mixer for b in model.blocks if b.mixer.registered_name == "lightning"]
+    expected = [hf.model.layers[b.mixer.layer_idx].self_attn.slope_rate.flatten() for b in model.blocks
+                if b.mixer.registered_name == "lightning"]
+    assert all(torch.equal(m.slopes, s) for m, s in zip(lightning, expected))
+
+
+def test_minimax_refuses_what_it_cannot_represent():
+    with pytest.raises(ValueError, match="hidden_act='gelu'"):
+        from_transformers(_minimax(hidden_act="gelu"))

@@ -81,6 +81,21 @@ def test_token_ids_out_of_range_are_refused():
         model(torch.tensor([[1]]), state=model.init_state(1) * 3)
 
 
+def test_shared_norm_blocks_with_scales():
+    """norm_position="shared" with scales: h = α₁ n₁(x) + β₁ mixer(n₁(x)), then α₂ n₂(h) + β₂ ffn(n₂(h)) (MiniMax)."""
+    entry = {"mixer": "lightning", "norm_position": "shared", "mixer_scales": [1.5, 0.5], "ffn_scales": [2.0, 0.25]}
+    config = ModelConfig(d_model=32, n_layers=2, n_heads=2, pattern=["gla", entry])
+    assert_any_split(config)
+    torch.manual_seed(0)
+    block = SeqMixLM(config).double().eval().blocks[1]
+    with torch.no_grad():
+        x = torch.randn(2, 9, 32, dtype=torch.float64)
+        n = block.norm1(x)
+        h = 1.5 * n + 0.5 * block.mixer(n)[0]
+        n = block.norm2(h)
+        assert torch.allclose(block(x)[0], 2.0 * n + 0.25 * block.ffn(n)[0], atol=1e-12, rtol=0)
+
+
 def test_post_norm_blocks_normalise_the_sublayer_outputs():
     """norm_position="post": x + norm(mixer(x)), then x + norm(ffn(x)) (OLMo-2), per layer in a pattern."""
     config = ModelConfig(d_model=32, n_layers=2, n_heads=2, pattern=[
@@ -100,7 +115,8 @@ def test_post_norm_blocks_normalise_the_sublayer_outputs():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(norm_position="middle"), r"ModelConfig.norm_position='middle': choose one of \['pre', 'post'\]"),
+    (dict(norm_position="middle"), r"ModelConfig.norm_position='middle': choose one of \['pre', 'post', 'shared'\]"),
+    (dict(pattern=["gla", {"mixer": "gla", "ffn_scales": [1]}], n_layers=2), r"pattern\[1\].ffn_scales=\[1\]: must be a pair"),
     (dict(pattern=["gla", {"mixer": "gla", "norm_position": "x"}], n_layers=2), r"pattern\[1\].norm_position='x'"),
     (dict(mixer="gla", mixer_options={"n_heads": 0}), r"mixer_options\['gla'\].n_heads=0: must be a positive integer"),
 ])

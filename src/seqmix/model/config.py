@@ -16,7 +16,7 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive integer")
 
 
-NORM_POSITIONS = ("pre", "post")
+NORM_POSITIONS = ("pre", "post", "shared")
 
 
 def _check_ffn(name: str, value: Any) -> None:
@@ -59,8 +59,10 @@ class ModelConfig(DictConfig):
       may set its own ``"ffn"`` and ``"ffn_options"`` (e.g. dense layers among MoE ones).
     * ``norm``: "rmsnorm" or "layernorm" for every norm of the model (blocks, final, embedding norm), with
       ``norm_eps``; ``final_norm_eps`` sets the final norm's eps alone (None = ``norm_eps``).
-    * ``norm_position``: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo-2's placement);
-      a pattern entry may set its own (OLMo-Hybrid's attention blocks are "post", its linear ones "pre").
+    * ``norm_position``: "pre" (x + f(norm x), the default), "post" (x + norm(f(x)), OLMo-2's placement) or
+      "shared" (norm x + f(norm x): the normalised input is also the residual, MiniMax-01's); a pattern entry may
+      set its own (OLMo-Hybrid's attention blocks are "post", its linear ones "pre"), and ``mixer_scales`` /
+      ``ffn_scales`` (α, β) weighting the residual and the branch (α · residual + β · branch; MiniMax's).
     * ``embed_norm``: normalise the embeddings before the first block (RWKV's ln0).
     * ``mixer_conv``: kernel size of a causal depthwise convolution on every mixer's input, x + mixer(conv(norm
       x)) (Zoology's convention for recall experiments pairs every mixer with a kernel-3 one); 0 = none.
@@ -117,6 +119,12 @@ class ModelConfig(DictConfig):
         for i, spec in enumerate(specs):
             if spec.norm_position is not None:
                 _check_norm_position(f"ModelConfig.pattern[{i}].norm_position", spec.norm_position)
+            for name in ("mixer_scales", "ffn_scales"):
+                value = getattr(spec, name)
+                if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                    raise ValueError(f"ModelConfig.pattern[{i}].{name}={value!r}: must be a pair of numbers "
+                                     "(residual scale α, branch scale β)")
             where = "ModelConfig.ffn_options" if spec.ffn is None else f"ModelConfig.pattern[{i}]"
             _check_ffn(f"ModelConfig.pattern[{i}].ffn", spec.ffn or self.ffn)
             ffn, options = self.layer_ffn(spec)
@@ -157,9 +165,9 @@ class ModelConfig(DictConfig):
                              f"are not mixers of this pattern ({sorted(names)})")
         if isinstance(self.pattern, str):  # the user's mixer_options refine a preset's defaults
             return [LayerSpec(s.mixer, {**s.options, **self.mixer_options.get(s.mixer, {})}, s.ffn, s.ffn_options,
-                              s.norm_position)
+                              s.norm_position, s.mixer_scales, s.ffn_scales)
                     for s in specs]
         # an explicit per-layer entry is the most specific setting
         return [LayerSpec(s.mixer, {**self.mixer_options.get(s.mixer, {}), **s.options}, s.ffn, s.ffn_options,
-                          s.norm_position)
+                          s.norm_position, s.mixer_scales, s.ffn_scales)
                 for s in specs]

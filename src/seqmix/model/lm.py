@@ -13,7 +13,9 @@ from seqmix.model.config import ModelConfig
 
 class Block(nn.Module):
     """x + mixer(norm x), then x + ffn(norm x); the norm is ``ModelConfig.norm``. With ``norm_position="post"``
-    the norms act on the sub-layers' outputs instead: x + norm(mixer(x)), then x + norm(ffn(x)) (OLMo-2).
+    the norms act on the sub-layers' outputs instead: x + norm(mixer(x)), then x + norm(ffn(x)) (OLMo-2); with
+    "shared" the normalised input is also the residual: norm x + mixer(norm x), then likewise for the FFN
+    (MiniMax-01). ``mixer_scales`` / ``ffn_scales`` (α, β) weight each sum: α · residual + β · branch.
 
     With ``mixer_conv = K > 0``, x + mixer(conv(norm x)): a causal depthwise convolution of kernel K (its tail
     is part of the block's state) gives every mixer the last K tokens, as in Zoology's recall experiments.
@@ -27,11 +29,15 @@ class Block(nn.Module):
     """
 
     def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, eps: float, norm: str = "rmsnorm",
-                 mixer_conv: int = 0, norm_position: str = "pre"):
+                 mixer_conv: int = 0, norm_position: str = "pre", mixer_scales=None, ffn_scales=None):
         super().__init__()
-        if norm_position == "post" and mixer.normalizes_input:
-            raise ValueError(f"norm_position='post': the {mixer.registered_name} mixer holds its own input norms")
+        if norm_position != "pre" and mixer.normalizes_input:
+            raise ValueError(f"norm_position={norm_position!r}: the {mixer.registered_name} mixer holds its own "
+                             "input norms")
+        self.norm_position = norm_position
         self.post_norm = norm_position == "post"
+        self.mixer_scales = None if mixer_scales in (None, (1, 1), [1, 1]) else tuple(map(float, mixer_scales))
+        self.ffn_scales = None if ffn_scales in (None, (1, 1), [1, 1]) else tuple(map(float, ffn_scales))
         self.norm1 = nn.Identity() if mixer.normalizes_input else make_norm(norm, d_model, eps)
         self.conv = ShortConv(d_model, mixer_conv) if mixer_conv else None
         self.mixer = mixer
@@ -47,6 +53,8 @@ class Block(nn.Module):
 
     def forward(self, x, state=None, shared=None):
         h = x if self.post_norm else self.norm1(x)
+        if self.norm_position == "shared":
+            x = h
         conv_tail = None
         if self.conv is not None:
             h, conv_tail = self.conv(h, None if state is None else state["conv"])
@@ -55,17 +63,25 @@ class Block(nn.Module):
                 h, mixer_state = self.mixer(h.float(), None if state is None else state["mixer"], shared)
         else:
             h, mixer_state = self.mixer(h, None if state is None else state["mixer"], shared)
-        x = x + (self.norm1(h) if self.post_norm else h)
+        x = _residual(x, self.norm1(h) if self.post_norm else h, self.mixer_scales)
         ffn_state = {}
         if self.ffn is not None:
-            h, ffn_state = self.ffn(x if self.post_norm else self.norm2(x), None if state is None else state["ffn"])
-            x = x + (self.norm2(h) if self.post_norm else h)
+            h = x if self.post_norm else self.norm2(x)
+            if self.norm_position == "shared":
+                x = h
+            h, ffn_state = self.ffn(h, None if state is None else state["ffn"])
+            x = _residual(x, self.norm2(h) if self.post_norm else h, self.ffn_scales)
         if state is None:
             return x, None
         new_state = {"mixer": mixer_state, "ffn": ffn_state}
         if self.conv is not None:
             new_state["conv"] = conv_tail
         return x, new_state
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor, scales: tuple[float, float] | None) -> torch.Tensor:
+    """x + branch, or α x + β branch."""
+    return x + branch if scales is None else scales[0] * x + scales[1] * branch
 
 
 class SeqMixLM(nn.Module):
@@ -99,7 +115,7 @@ class SeqMixLM(nn.Module):
             ffn = None if ffn_name == "none" else FFNS.build(ffn_name, c.d_model, options=ffn_options, layer_idx=i,
                                                              n_layers=c.n_layers)
             blocks.append(Block(mixer, ffn, c.d_model, c.norm_eps, c.norm, c.mixer_conv,
-                                spec.norm_position or c.norm_position))
+                                spec.norm_position or c.norm_position, spec.mixer_scales, spec.ffn_scales))
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.embed_norm else None

@@ -7,24 +7,28 @@ from typing import Callable
 
 @dataclass
 class LayerSpec:
-    """One layer: its mixer and options, its FFN and options (``ffn=None``: the model's ``ffn``) and where its
-    norms sit (``norm_position=None``: the model's)."""
+    """One layer: its mixer and options, its FFN and options (``ffn=None``: the model's ``ffn``), where its
+    norms sit (``norm_position=None``: the model's) and the residual and branch scales (α, β) of its two
+    sub-layers (None = (1, 1)): see ``seqmix.model.lm.Block``."""
     mixer: str
     options: dict = field(default_factory=dict)
     ffn: str | None = None
     ffn_options: dict | None = None
     norm_position: str | None = None
+    mixer_scales: tuple | None = None
+    ffn_scales: tuple | None = None
 
     @classmethod
     def parse(cls, entry) -> "LayerSpec":
         if isinstance(entry, str):
             return cls(entry)
-        keys = {"mixer", "options", "ffn", "ffn_options", "norm_position"}
+        keys = {"mixer", "options", "ffn", "ffn_options", "norm_position", "mixer_scales", "ffn_scales"}
         if isinstance(entry, dict) and set(entry) <= keys and "mixer" in entry and all(
                 isinstance(entry.get(k, {}), dict) for k in ("options", "ffn_options")):
             ffn_options = entry.get("ffn_options")
             return cls(entry["mixer"], dict(entry.get("options", {})), entry.get("ffn"),
-                       None if ffn_options is None else dict(ffn_options), entry.get("norm_position"))
+                       None if ffn_options is None else dict(ffn_options), entry.get("norm_position"),
+                       entry.get("mixer_scales"), entry.get("ffn_scales"))
         raise ValueError(f"ModelConfig.pattern entry {entry!r}: must be a mixer name or a dict with keys "
                          f"{sorted(keys)} ('mixer' required; 'ffn' a registered FFN or 'none')")
 
