@@ -47,6 +47,8 @@ def configure(p) -> None:
     p.add_argument("--batches", type=_ints, default=[1], help="generate: batch sizes (prompts decoded together)")
     p.add_argument("--new-tokens", type=int, default=64, help="generate: tokens decoded per timed round")
     p.add_argument("--compile", action="store_true", help="generate: also time the compiled decode step")
+    p.add_argument("--weight-dtypes", default="", help="generate: also time the linear layers' weights in these "
+                   "precisions, comma-separated: bfloat16, int8 (weight-only; states stay float32)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed block")
@@ -123,6 +125,16 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     if not sizes or any(len(s) != 2 or not all(v.isdigit() and int(v) > 0 for v in s) for s in sizes):
         raise ValueError(f"--sizes={text!r}: give d_modelxlayers pairs of positive integers, e.g. 256x4,512x8")
     return [(int(d), int(n)) for d, n in sizes]
+
+
+def _weight_dtypes(text: str) -> list[str]:
+    from seqmix.layers.low_precision import LOW_PRECISION
+
+    dtypes = [d for d in text.split(",") if d]
+    bad = [d for d in dtypes if d not in LOW_PRECISION]
+    if bad:
+        raise ValueError(f"--weight-dtypes {bad}: choose from {list(LOW_PRECISION)}")
+    return dtypes
 
 
 def _fmt_generate(rows: list[dict]) -> str:
@@ -202,7 +214,7 @@ def _run_generate(args, mixers: list[str]) -> int:
                            f"{r['variant']:8s}: {r['us_per_token']:,.0f} µs/step, floor {r['floor_us']:,.0f} µs",
                            flush=True)
     rows = model_generate_suite(mixers, sizes, args.batches, args.new_tokens, read_gbs, args.rounds,
-                                args.compile, note)
+                                args.compile, note, _weight_dtypes(args.weight_dtypes))
     print(f"\ndecoding through sample(), greedy, float32, median [range] of {args.rounds} interleaved rounds of "
           f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth; products alone = the model's matrix "
           "products in the decode layout, nothing else:\n" + _fmt_generate(rows))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from seqmix.data.tokenizer import ByteTokenizer
+from seqmix.layers.low_precision import low_precision_weights
 from seqmix.model.generate import generate
 from seqmix.train import load_model
 
@@ -29,6 +30,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32",
+                   help="the linear layers' weights: float32, bfloat16, or int8 with a scale per output row "
+                        "(weight-only; activations, recurrent states and decays stay float32)")
     p.add_argument("--compile", action="store_true",
                    help="decode through torch.compile (C++ kernels; takes seconds to a minute to build, pays off "
                         "over long generations; falls back with a warning where no compiler is found)")
@@ -59,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         model = model.to(args.device)
     else:
         model, tokenizer = load_model(args.checkpoint, device=args.device)[0], None  # byte-level
+    if args.dtype != "float32":
+        model = low_precision_weights(model, args.dtype)
     prompts = [p for p in (args.prompt or ["ROMEO.\n"]) for _ in range(args.batch)]
     streaming = len(prompts) == 1 and not args.no_stream
     if streaming:

@@ -48,8 +48,11 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def _zeros(self, *shape: int) -> torch.Tensor:
-        """Zeros on this module's device and dtype (for init_state)."""
-        p = next(self.parameters())
+        """Zeros on this module's device and dtype (for init_state): its parameters', or where every weight is a
+        reduced-precision buffer (``seqmix.layers.low_precision``), the dtype those layers compute in."""
+        p = next(self.parameters(), None)
+        if p is None:
+            p = next(b for b in self.buffers() if b.is_floating_point() and b.element_size() >= 4)
         return p.new_zeros(*shape)
 
 
