@@ -108,3 +108,10 @@ def test_mla_against_the_expanded_definition_and_its_latent_cache(options):
 def test_bad_options_are_refused_by_name(name, options, message):
     with pytest.raises(ValueError, match=message):
         MIXERS.build(name, 16, 2, options=options)
+
+
+def test_mla_gradients_are_exact():
+    torch.manual_seed(0)
+    m = MIXERS.build("mla", 8, 2, options={"kv_rank": 4, "q_rank": 3, "rope_dim": 2}).double()
+    x = torch.randn(1, 6, 8, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))

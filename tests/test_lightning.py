@@ -46,3 +46,10 @@ def test_decay_rates_are_minimaxs():
     hf = transformers.MiniMaxForCausalLM(config)
     for i, layer in enumerate(hf.model.layers):
         assert torch.allclose(minimax_slopes(8, i, 5), layer.self_attn.slope_rate.flatten(), rtol=1e-6, atol=0)
+
+
+def test_lightning_gradients_are_exact():
+    torch.manual_seed(0)
+    m = MIXERS.build("lightning", 8, 2, options={"chunk_size": 4}).double()
+    x = torch.randn(1, 7, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))
