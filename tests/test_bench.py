@@ -99,7 +99,7 @@ def test_bench_cli_hf_layers_checks_against_transformers_first(tmp_path, capsys)
                               "--rounds", "1", "--min-time", "0", "--out", str(out)])
     assert cli.run(args) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["mixer"] for r in rows] == ["gated_deltanet", "kda", "attention", "mla"]
+    assert [r["mixer"] for r in rows] == ["gated_deltanet", "kda", "lightning", "attention", "mla"]
     assert all(r["L"] == 70 and r["relative_error"] <= 1e-4 and r["speedup"] > 0 for r in rows)
     assert "| `kda` | KimiLinearDeltaAttention" in capsys.readouterr().out
     args = parser.parse_args(["--suite", "hf-layers", "--mixers", "mamba"])

@@ -15,7 +15,7 @@ from seqmix.bench.suites import decode_suite, forward_suite, model_generate_suit
 DEFAULT_MIXERS = "attention,linear_attention,gla"
 TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
 GENERATE_MIXERS = "mamba,mamba2,gla,rwkv7,ttt_linear"  # the default of --suite generate
-HF_MIXERS = "gated_deltanet,kda,attention,mla"  # the default of --suite hf-layers
+HF_MIXERS = "gated_deltanet,kda,lightning,attention,mla"  # the default of --suite hf-layers
 
 
 def _ints(text: str) -> list[int]:
@@ -27,8 +27,8 @@ def configure(p) -> None:
                    help="all = forward + decode + the TTT forms table; ttt = the TTT forms table, then forward "
                         "and decode of TTT-Linear, TTT-MLP and attention; generate = whole models decoding "
                         f"through sample() against their memory floor (default mixers {GENERATE_MIXERS}); hf-layers = the "
-                        f"production mixers ({HF_MIXERS}) against the same layers of transformers' Qwen3-Next and "
-                        "Kimi Linear (their CPU torch paths), same weights, outputs checked equal first, at --lengths")
+                        f"production mixers ({HF_MIXERS}) against the same layers of transformers' Qwen3-Next, "
+                        "Kimi Linear and MiniMax (their CPU torch paths), same weights, outputs checked equal first, at --lengths")
     p.add_argument("--mixers", default=None,
                    help=f"comma-separated mixer names (see available_mixers()); default {DEFAULT_MIXERS} "
                         f"({TTT_MIXERS} for --suite ttt)")
