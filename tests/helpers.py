@@ -88,3 +88,14 @@ def randomise(model: torch.nn.Module, seed: int, norm_offset: float = 1.0) -> No
                 p.copy_(norm_offset + 0.2 * r)
             else:  # biases, D, dt_bias, time_decay, time_first
                 p.copy_(0.3 * r)
+
+
+def assert_mixer_matches(mixer, x: torch.Tensor, expected: torch.Tensor,
+                         pieces=((0, 5), (5, 6), (6, 13), (13, 19))) -> None:
+    """A mixer's output equals `expected` one shot and through its state in uneven pieces (down to one token)."""
+    assert_close(mixer(x)[0], expected, what="one shot")
+    state, outs = mixer.init_state(x.shape[0]), []
+    for lo, hi in pieces:
+        y, state = mixer(x[:, lo:hi], state)
+        outs.append(y)
+    assert_close(torch.cat(outs, 1), expected, what="through the state")

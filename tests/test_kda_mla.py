@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close
+from helpers import assert_mixer_matches
 from seqmix.mixers import MIXERS
 
 F64 = torch.float64
@@ -41,13 +41,7 @@ def test_kda_follows_its_recurrence_one_shot_and_through_the_state(options):
     torch.manual_seed(0)
     m = MIXERS.build("kda", 16, 2, options=options).double()
     x = torch.randn(2, 19, 16, dtype=F64)
-    expected = _kda_per_token(m, x)
-    assert_close(m(x)[0], expected, what="chunked")
-    state, pieces = m.init_state(2), []
-    for lo, hi in ((0, 5), (5, 6), (6, 13), (13, 19)):
-        y, state = m(x[:, lo:hi], state)
-        pieces.append(y)
-    assert_close(torch.cat(pieces, 1), expected, what="through the state")
+    assert_mixer_matches(m, x, _kda_per_token(m, x))
 
 
 def test_kda_gradients_are_exact():
@@ -89,13 +83,8 @@ def test_mla_against_the_expanded_definition_and_its_latent_cache(options):
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     x = torch.randn(2, 13, 16, dtype=F64)
-    expected = _mla_reference(m, x)
-    assert_close(m(x)[0], expected, what="one shot")
-    state, pieces = m.init_state(2), []
-    for lo, hi in ((0, 1), (1, 6), (6, 7), (7, 13)):
-        y, state = m(x[:, lo:hi], state)
-        pieces.append(y)
-    assert_close(torch.cat(pieces, 1), expected, what="through the latent cache")
+    assert_mixer_matches(m, x, _mla_reference(m, x), pieces=((0, 1), (1, 6), (6, 7), (7, 13)))
+    state = m(x, m.init_state(2))[1]
     assert state["c"].shape == (2, 13, m.kv_rank) and state["k_rope"].shape == (2, 13, m.rope_dim)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close
+from helpers import assert_mixer_matches
 from seqmix.mixers import MIXERS
 from seqmix.mixers.lightning import minimax_slopes
 
@@ -28,13 +28,7 @@ def test_lightning_follows_its_recurrence(options, layer):
     torch.manual_seed(0)
     m = MIXERS.build("lightning", 16, 2, options=options, layer_idx=layer, n_layers=3).double()
     x = torch.randn(2, 19, 16, dtype=torch.float64)
-    expected = _per_token(m, x)
-    assert_close(m(x)[0], expected, what="chunked")
-    state, pieces = m.init_state(2), []
-    for lo, hi in ((0, 5), (5, 6), (6, 13), (13, 19)):
-        y, state = m(x[:, lo:hi], state)
-        pieces.append(y)
-    assert_close(torch.cat(pieces, 1), expected, what="through the state")
+    assert_mixer_matches(m, x, _per_token(m, x))
 
 
 def test_decay_rates_are_minimaxs():

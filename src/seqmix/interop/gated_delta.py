@@ -32,6 +32,16 @@ def _refuse(source: str, field: str, value, allowed: str):
     raise ValueError(f"{source}: config.{field}={value!r} cannot be represented exactly; seqmix converts {allowed}")
 
 
+def _silu_and_default_rope(c, source: str) -> dict:
+    """Refuse an activation other than SiLU or a RoPE type other than the default; the RoPE parameters."""
+    if c.hidden_act not in ("silu", "swish"):
+        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
+    rope = dict(getattr(c, "rope_parameters", None) or {})
+    if rope.get("rope_theta") is not None and rope.get("rope_type", "default") != "default":
+        _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE (or none)")
+    return rope
+
+
 def _grouped(weight: torch.Tensor, groups: int, sizes: list[int]) -> list[torch.Tensor]:
     """Rows laid out per group as [part 0, part 1, ...] of `sizes` -> each part's rows for all groups in
     group order (weight [groups · Σ sizes, ...])."""
@@ -42,11 +52,7 @@ def _grouped(weight: torch.Tensor, groups: int, sizes: list[int]) -> list[torch.
 @register_converter("Qwen3NextForCausalLM", "qwen3_next")
 def qwen3_next(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "Qwen3NextForCausalLM"
-    if c.hidden_act not in ("silu", "swish"):
-        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
-    rope = dict(c.rope_parameters or {})
-    if rope.get("rope_type", "default") != "default":
-        _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE only")
+    rope = _silu_and_default_rope(c, source)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     attention = {"mixer": "attention", "options": dict(
         n_kv_heads=c.num_key_value_heads, head_dim=head_dim, qk_norm="head", norm_eps=c.rms_norm_eps,
@@ -132,12 +138,8 @@ def olmo_hybrid(hf) -> tuple[ModelConfig, dict]:
     without: NoPE). Its GDN has separate projections, β = 2σ(·) when ``linear_allow_neg_eigval``, and a
     gated output norm whose eps is fixed at 1e-5."""
     c, source = hf.config, "OlmoHybridForCausalLM"
-    if c.hidden_act not in ("silu", "swish"):
-        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
-    rope = dict(getattr(c, "rope_parameters", None) or {})
+    rope = _silu_and_default_rope(c, source)
     use_rope = rope.get("rope_theta") is not None
-    if use_rope and rope.get("rope_type", "default") != "default":
-        _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE or none")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     attention = {"mixer": "attention", "norm_position": "post", "options": dict(
         n_kv_heads=c.num_key_value_heads, head_dim=head_dim, qk_norm="all", norm_eps=c.rms_norm_eps,

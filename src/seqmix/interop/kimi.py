@@ -14,15 +14,14 @@ from __future__ import annotations
 import torch
 
 from seqmix.interop.convert import _tied, register_converter
-from seqmix.interop.gated_delta import _nothing_left, _refuse
+from seqmix.interop.gated_delta import _nothing_left, _refuse, _silu_and_default_rope
 from seqmix.model import ModelConfig
 
 
 @register_converter("KimiLinearForCausalLM", "kimi_linear")
 def kimi_linear(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "KimiLinearForCausalLM"
-    if c.hidden_act not in ("silu", "swish"):
-        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
+    _silu_and_default_rope(c, source)
     if c.num_key_value_heads != c.num_attention_heads:
         _refuse(source, "num_key_value_heads", c.num_key_value_heads, "latent attention with num_key_value_heads "
                 f"= num_attention_heads ({c.num_attention_heads})")

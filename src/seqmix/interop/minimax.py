@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from seqmix.interop.convert import _tied, register_converter
-from seqmix.interop.gated_delta import _nothing_left, _refuse
+from seqmix.interop.gated_delta import _nothing_left, _refuse, _silu_and_default_rope
 from seqmix.model import ModelConfig
 
 DERIVED_BUFFERS = ("query_decay", "key_decay", "diagonal_decay")  # functions of slope_rate and block_size
@@ -23,11 +23,7 @@ DERIVED_BUFFERS = ("query_decay", "key_decay", "diagonal_decay")  # functions of
 @register_converter("MiniMaxForCausalLM", "minimax")
 def minimax(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "MiniMaxForCausalLM"
-    if c.hidden_act not in ("silu", "swish"):
-        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
-    rope = dict(c.rope_parameters or {})
-    if rope.get("rope_type", "default") != "default":
-        _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE only")
+    rope = _silu_and_default_rope(c, source)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     moe = dict(n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, hidden=c.intermediate_size,
                normalize=True, aux_loss_weight=float(c.router_aux_loss_coef))
