@@ -97,3 +97,19 @@ def test_bench_generate_times_low_precision_weights(tmp_path):
     assert rows["int8"]["param_bytes"] < rows["bfloat16"]["param_bytes"] < rows["eager"]["param_bytes"]
     with pytest.raises(ValueError, match=r"--weight-dtypes \['fp16'\]"):
         bench_cli.run(parser.parse_args(["--suite", "generate", "--weight-dtypes", "fp16"]))
+
+
+def test_cli_eval_reports_bits_per_byte_with_low_precision_weights(tmp_path, capsys, corpus_dir):
+    torch.manual_seed(0)
+    model = SeqMixLM(ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=2))
+    save_checkpoint(tmp_path / "ckpt", model, {"model": model.config.to_dict(),
+                                              "train": {"corpus": str(corpus_dir), "seq_len": 32}}, {"step": 0})
+    bpb = {}
+    for dtype in ("float32", "bfloat16", "int8"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--split", "test", "--max-bytes", "2000",
+                     "--dtype", dtype, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["dtype"] == dtype
+        bpb[dtype] = result["test"]["bpb"]
+    assert bpb["bfloat16"] != bpb["float32"] != bpb["int8"]
+    assert abs(bpb["bfloat16"] - bpb["float32"]) < 0.05 and abs(bpb["int8"] - bpb["float32"]) < 0.05

@@ -6,6 +6,7 @@ import json
 
 from seqmix.data import load_corpus
 from seqmix.eval import evaluate
+from seqmix.layers.low_precision import low_precision_weights
 from seqmix.train import load_model
 
 
@@ -17,11 +18,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-bytes", type=int, help="evaluate an evenly spread subset of about this many bytes")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32",
+                   help="the linear layers' weights (weight-only; activations and states stay float32): what "
+                        "reduced precision costs in bits per byte")
     p.add_argument("--json", action="store_true", help="print the full results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint, device=args.device)
+    if args.dtype != "float32":
+        model = low_precision_weights(model, args.dtype)
     trained = ckpt.config["train"]
     corpus = load_corpus(args.corpus if args.corpus is not None else trained["corpus"])
     seq_len = args.seq_len or trained["seq_len"]
@@ -29,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.max_bytes)
                for s in splits}
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt.directory), "step": ckpt.meta["step"], **results}, indent=2))
+        print(json.dumps({"checkpoint": str(ckpt.directory), "step": ckpt.meta["step"], "dtype": args.dtype, **results},
+                         indent=2))
         return 0
-    print(f"{ckpt.directory} (step {ckpt.meta['step']}), corpus {corpus.name}, windows of {seq_len} bytes")
+    print(f"{ckpt.directory} (step {ckpt.meta['step']}), corpus {corpus.name}, windows of {seq_len} bytes, "
+          f"{args.dtype} weights")
     for s, r in results.items():
         print(f"{s:>10}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} bytes")
     for s, r in results.items():
