@@ -33,11 +33,14 @@ def _seqmix_decode(model, tokens, prefill: int) -> torch.Tensor:
     return torch.cat(outs, dim=1)
 
 
-def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm_offset: float = 1.0):
+def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm_offset: float = 1.0,
+                     decode_oracle: str = "cached"):
     """One shot within 1e-5 of transformers' forward; token by token through seqmix's state within 1e-5 of
-    transformers' own cached decode, or within twice its own disagreement with its forward where that is larger
-    (its delta-rule kernels run in float32 whatever the model's dtype, and a model with β up to 2 amplifies
-    float32 rounding: the bound is the oracle's own consistency); and seqmix's decode exact in float64."""
+    transformers' own cached decode, or within twice that decode's own disagreement with its forward where that
+    is larger (its delta-rule kernels run in float32 whatever the model's dtype, and a model with β up to 2
+    amplifies float32 rounding) — a disagreement above 1e-4 is a transformers bug, and the test must say so with
+    ``decode_oracle="forward"``: then seqmix's decode is held to transformers' forward instead. And seqmix's
+    decode exact in float64."""
     randomise(hf, seed, norm_offset)
     hf.eval()
     tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
@@ -46,9 +49,16 @@ def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm
         model = from_transformers(hf)
         assert_rel_close(model(tokens), reference, what="one shot")
         theirs = _hf_cached_decode(hf, tokens, prefill)
+        ours = _seqmix_decode(model, tokens, prefill)
         own_disagreement = assert_rel_close(theirs, reference, rtol=1.0)
-        assert_rel_close(_seqmix_decode(model, tokens, prefill), theirs, rtol=max(1e-5, 2 * own_disagreement),
-                         what="token-by-token decode against transformers' cached decode")
+        if decode_oracle == "cached":
+            assert own_disagreement <= 1e-4, (f"transformers' cached decode differs from its forward by "
+                                              f"{own_disagreement:.1e}: a transformers bug? use decode_oracle='forward'")
+            assert_rel_close(ours, theirs, rtol=max(1e-5, 2 * own_disagreement),
+                             what="token-by-token decode against transformers' cached decode")
+        else:  # the test names the transformers bug; noticing its fix is welcome
+            assert own_disagreement > 1e-3, "transformers' cached decode now agrees with its forward: use 'cached'"
+            assert_rel_close(ours, reference, what="token-by-token decode against transformers' forward")
         exact = copy.deepcopy(model).double()
         assert_rel_close(_seqmix_decode(exact, tokens, prefill), exact(tokens), rtol=1e-12,
                          what="seqmix's decode against its forward, float64")
@@ -230,7 +240,10 @@ MINIMAX = {
 @pytest.mark.parametrize("overrides", list(MINIMAX.values()), ids=list(MINIMAX))
 def test_minimax(overrides):
     hf = _minimax(**overrides)
-    model = check_conversion(hf, length=27)  # longer than a few of its prefill blocks
+    # transformers 5.25's MiniMaxCache.get_seq_length() reads layer 0's KV cache; where layer 0 is a lightning
+    # layer it has none and says 0, so its decode restarts the RoPE positions of the attention layers at 0
+    oracle = "forward" if hf.config.layer_types[0] == "linear_attention" else "cached"
+    model = check_conversion(hf, length=27, decode_oracle=oracle)  # longer than a few of its prefill blocks
     lightning = [b.mixer for b in model.blocks if b.mixer.registered_name == "lightning"]
     expected = [hf.model.layers[b.mixer.layer_idx].self_attn.slope_rate.flatten() for b in model.blocks
                 if b.mixer.registered_name == "lightning"]
