@@ -1,5 +1,5 @@
 """`seqmix generate`: continue a prompt through the recurrent state, with a trained checkpoint or a
-transformers model directory (ours, or a Mamba / Mamba-2 / RWKV-4 one, converted on load)."""
+transformers model directory (ours, or one of a class ``from_transformers`` converts, converted on load)."""
 from __future__ import annotations
 
 import argparse
@@ -18,8 +18,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory or a run directory (newest checkpoint)")
     source.add_argument("--from-hf", metavar="DIR",
-                        help="a transformers save_pretrained directory: a seqmix model (SeqMixForCausalLM) or a "
-                             "Mamba, Mamba-2 or RWKV-4 one (needs the seqmix[hf] extra). Its tokenizer is used "
+                        help="a transformers save_pretrained directory: a seqmix model (SeqMixForCausalLM) or one "
+                             "of a class from_transformers converts (Mamba, Qwen3-Next, Kimi Linear, ...; needs the "
+                             "seqmix[hf] extra). Its tokenizer is used "
                              "when the directory has one, otherwise bytes (vocab_size 256)")
     p.add_argument("--prompt", action="append",
                    help='the text to continue (default "ROMEO.\\n"); give it several times to decode several '
