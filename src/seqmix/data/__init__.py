@@ -1,5 +1,6 @@
 """Data: the byte tokenizer, corpora (the vendored Shakespeare default, or your own files) and samplers."""
-from seqmix.data.corpus import Corpus, Document, load_corpus
+from seqmix.data.corpus import load_corpus
+from seqmix.data.documents import Corpus, Document
 from seqmix.data.sampler import IGNORE, BatchSampler, PackedSampler
 from seqmix.data.tokenizer import ByteTokenizer, bits_per_byte
 

@@ -12,33 +12,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = ("train", "validation", "test")
+from seqmix.data import shakespeare
+from seqmix.data.documents import SPLITS, Corpus, Document
+
 HELD_OUT_MIN, HELD_OUT_MAX = 0.05, 0.10
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str
-    data: bytes
-
-
-@dataclass
-class Corpus:
-    name: str
-    splits: dict[str, list[Document]]
-
-    def __getitem__(self, split: str) -> list[Document]:
-        if split not in self.splits:
-            raise ValueError(f"corpus split {split!r}: choose one of {list(self.splits)}")
-        return self.splits[split]
-
-    def summary(self) -> dict:
-        """Bytes and document names of every split."""
-        return {split: {"bytes": sum(len(d.data) for d in docs), "documents": [d.name for d in docs]}
-                for split, docs in self.splits.items()}
 
 
 def read_text_file(path: Path) -> bytes:
@@ -101,8 +80,6 @@ def split_documents(documents: list[Document]) -> dict[str, list[Document]]:
 def load_corpus(source: str | Path | None = None) -> Corpus:
     """The default Shakespeare corpus (``None`` or ``"shakespeare"``), or a file / directory / glob."""
     if source is None or (str(source) == "shakespeare" and not Path(source).exists()):
-        from seqmix.data import shakespeare
-
         return shakespeare.corpus()
     documents = [Document(name, read_text_file(path)) for name, path in _files(str(source))]
     return Corpus(str(source), split_documents(documents))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from seqmix.data.corpus import Document
+from seqmix.data.documents import Document
 
 IGNORE = -100  # target of a position whose next byte is another document's (cross_entropy's ignore_index)
 

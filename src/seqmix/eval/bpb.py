@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqmix.data.corpus import Document
+from seqmix.data.documents import Document
 
 
 def _as_documents(data) -> list[Document]:
