@@ -210,3 +210,41 @@ def test_cli_train_eval_smoke(tmp_path, corpus_dir, capsys):
     assert "validation:" in printed and "test:" in printed and "by position" in printed
     assert main(["train", "--mixer", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown; available" in capsys.readouterr().err
+
+
+def test_eval_bytes_caps_every_evaluation_and_all_measures_the_whole_split(tmp_path, corpus_dir, capsys):
+    from seqmix.data import load_corpus
+
+    whole = sum(len(d.data) - 1 for d in load_corpus(corpus_dir)["validation"])
+    args = ["train", "--mixer", "gla", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--steps", "2",
+            "--batch-size", "2", "--seq-len", "16", "--corpus", corpus_dir, "--quiet", "--eval-interval", "1"]
+    assert main(args + ["--out", str(tmp_path / "capped"), "--eval-bytes", "160"]) == 0
+    config = json.loads((tmp_path / "capped" / "config.json").read_text())
+    assert config["eval_bytes"] == config["final_eval_bytes"] == 160
+    records = [json.loads(line) for line in (tmp_path / "capped" / "log.jsonl").read_text().splitlines()]
+    assert [r["eval_bytes"] for r in records if r["kind"] == "eval"] == [160]
+    final = [r["val_bytes"] for r in records if r["kind"] == "done"]
+    assert len(final) == 1 and 160 - 16 < final[0] <= 160 < whole  # 10 windows of up to 16 predicted bytes
+    assert main(args + ["--out", str(tmp_path / "all"), "--eval-bytes", "all"]) == 0
+    config = json.loads((tmp_path / "all" / "config.json").read_text())
+    assert config["eval_bytes"] is None and config["final_eval_bytes"] is None
+    assert json.loads((tmp_path / "all" / "log.jsonl").read_text().splitlines()[-1])["val_bytes"] == whole
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "all"), "--split", "validation", "--json",
+                 "--eval-bytes", "all"]) == 0
+    assert json.loads(capsys.readouterr().out)["validation"]["bytes"] == whole
+    assert main(["eval", "--checkpoint", str(tmp_path / "all"), "--split", "validation", "--json",
+                 "--eval-bytes", "96"]) == 0
+    assert 96 - 16 < json.loads(capsys.readouterr().out)["validation"]["bytes"] <= 96
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "bad"), "--eval-bytes", "lots"])
+    assert "'all' for the whole split" in capsys.readouterr().err
+
+
+def test_the_default_evaluations_are_bounded():
+    from seqmix.commands import eval as eval_command
+
+    parser = __import__("argparse").ArgumentParser()
+    eval_command.configure(parser)
+    default = parser.parse_args(["--checkpoint", "x"]).eval_bytes
+    assert default == TrainConfig().final_eval_bytes == 262144 and TrainConfig().eval_bytes == 32768

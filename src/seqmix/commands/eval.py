@@ -1,12 +1,17 @@
-"""`seqmix eval`: bits per byte of a checkpoint on the validation and test splits, and loss by position."""
+"""`seqmix eval`: bits per byte of a checkpoint on the validation and test splits, and loss by position.
+
+By default each split is measured on an evenly spread subset of ``DEFAULT_FINAL_EVAL_BYTES``; the whole
+split only with ``--eval-bytes all``."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from seqmix.commands.options import byte_budget
 from seqmix.data import load_corpus
 from seqmix.eval import evaluate
 from seqmix.train import load_model
+from seqmix.train.config import DEFAULT_FINAL_EVAL_BYTES
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -15,7 +20,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
     p.add_argument("--seq-len", type=int, help="window length (default: the training sequence length)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-bytes", type=int, help="evaluate an evenly spread subset of about this many bytes")
+    p.add_argument("--eval-bytes", "--max-bytes", type=byte_budget, default=DEFAULT_FINAL_EVAL_BYTES,
+                   help="evaluate an evenly spread subset of about this many bytes of each split, or 'all' for the "
+                        f"whole split (default {DEFAULT_FINAL_EVAL_BYTES})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the full results as JSON")
 
@@ -26,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.corpus if args.corpus is not None else trained["corpus"])
     seq_len = args.seq_len or trained["seq_len"]
     splits = ("validation", "test") if args.split == "both" else (args.split,)
-    results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.max_bytes)
+    results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.eval_bytes)
                for s in splits}
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.directory), "step": ckpt.meta["step"], **results}, indent=2))

@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from seqmix.commands.options import byte_budget
 from seqmix.train import NonFiniteError, OutOfMemory, TrainConfig, train
+from seqmix.train.config import DEFAULT_EVAL_BYTES, DEFAULT_FINAL_EVAL_BYTES
 
 # without --steps or --tokens the run is also capped in time: the default run must finish well inside
 # 10 minutes on 2 CPU cores, however fast the machine is
@@ -59,6 +61,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                        ("--weight-decay", float), ("--grad-clip", float), ("--eval-interval", int),
                        ("--log-interval", int), ("--checkpoint-interval", int), ("--seed", int)):
         t.add_argument(flag, type=kind)
+    t.add_argument("--eval-bytes", type=byte_budget, default=argparse.SUPPRESS,
+                   help="validation bytes of every evaluation, periodic and final, or 'all' (default: "
+                        f"{DEFAULT_EVAL_BYTES} periodic, {DEFAULT_FINAL_EVAL_BYTES} final)")
     t.add_argument("--corpus", help="a text file, a directory of text files or a glob (default: Shakespeare)")
     t.add_argument("--out", help="run directory (default runs/<mixer>-<time>)")
     t.add_argument("--resume", action="store_true",
@@ -102,6 +107,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                  "on_nonfinite", "grad_accum", "parallel", "checkpoint_format", "pack", "activation_checkpointing"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
+    if "eval_bytes" in vars(args):  # given ('all' is None)
+        fields["eval_bytes"] = fields["final_eval_bytes"] = args.eval_bytes
     if args.steps is not None or args.tokens is not None:  # the flag given replaces a saved budget
         fields["tokens" if args.steps is not None else "steps"] = None
     if args.time_budget is not None:

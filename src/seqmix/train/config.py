@@ -13,6 +13,10 @@ DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
 PARALLEL = ("ddp", "fsdp")
 CHECKPOINT_FORMATS = ("full", "sharded")
+# evaluation budgets in bytes of validation text: a periodic evaluation, and the final one (256 KiB: the whole
+# Shakespeare validation split, 233 kB, and a few seconds for the default model on a corpus of any size)
+DEFAULT_EVAL_BYTES = 32768
+DEFAULT_FINAL_EVAL_BYTES = 262144
 
 
 def default_model() -> ModelConfig:
@@ -55,8 +59,8 @@ class TrainConfig(DictConfig):
     beta2: float = 0.95
     grad_clip: float | None = 1.0
     eval_interval: int = 250
-    eval_bytes: int | None = 32768  # validation bytes per periodic evaluation (None: all)
-    final_eval_bytes: int | None = None  # validation bytes for the final evaluation (None: all)
+    eval_bytes: int | None = DEFAULT_EVAL_BYTES  # validation bytes per periodic evaluation (None: all)
+    final_eval_bytes: int | None = DEFAULT_FINAL_EVAL_BYTES  # validation bytes for the final evaluation (None: all)
     log_interval: int = 10
     checkpoint_interval: int = 250
     keep_checkpoints: int = 2
