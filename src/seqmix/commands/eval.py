@@ -8,7 +8,8 @@ import argparse
 import json
 
 from seqmix.commands.options import byte_budget
-from seqmix.data import load_corpus
+from seqmix.data.prepare import tokenize_for
+from seqmix.data.tokenizer import bpe_size, check_same, load_tokenizer_file
 from seqmix.eval import evaluate
 from seqmix.train import load_model
 from seqmix.train.config import DEFAULT_FINAL_EVAL_BYTES
@@ -18,6 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint directory or a run directory (newest checkpoint)")
     p.add_argument("--split", choices=("validation", "test", "both"), default="both")
     p.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
+    p.add_argument("--tokenizer", help="refuse to evaluate unless the checkpoint was trained with this tokenizer "
+                                       "(default: the checkpoint's own, saved with it)")
     p.add_argument("--seq-len", type=int, help="window length (default: the training sequence length)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-bytes", "--max-bytes", type=byte_budget, default=DEFAULT_FINAL_EVAL_BYTES,
@@ -30,7 +33,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint, device=args.device)
     trained = ckpt.config["train"]
-    corpus = load_corpus(args.corpus if args.corpus is not None else trained["corpus"])
+    tokenizer = ckpt.tokenizer()
+    if args.tokenizer is not None:
+        if args.tokenizer != tokenizer.name:
+            raise ValueError(f"tokenizer mismatch: checkpoint {ckpt.directory} was trained with tokenizer "
+                             f"{tokenizer.name!r}, not {args.tokenizer!r}")
+        if args.tokenizer != "bytes" and bpe_size(args.tokenizer) is None:  # a file: it must not have changed
+            check_same(tokenizer.name, tokenizer.sha256, load_tokenizer_file(args.tokenizer),
+                       f"checkpoint {ckpt.directory}")
+    corpus = tokenize_for(args.corpus if args.corpus is not None else trained["corpus"], tokenizer)
     seq_len = args.seq_len or trained["seq_len"]
     splits = ("validation", "test") if args.split == "both" else (args.split,)
     results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.eval_bytes)
@@ -38,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.directory), "step": ckpt.meta["step"], **results}, indent=2))
         return 0
-    print(f"{ckpt.directory} (step {ckpt.meta['step']}), corpus {corpus.name}, windows of {seq_len} bytes")
+    print(f"{ckpt.directory} (step {ckpt.meta['step']}), corpus {corpus.name}, windows of {seq_len} tokens, tokenizer "
+          f"{tokenizer.name}")
     for s, r in results.items():
         print(f"{s:>10}: {r['bpb']:.4f} bits per byte over {r['bytes']:,} bytes")
     for s, r in results.items():

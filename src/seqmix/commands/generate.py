@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = _from_hf(args.from_hf)
         model = model.to(args.device)
     else:
-        model, tokenizer = load_model(args.checkpoint, device=args.device)[0], None  # byte-level
+        model, ckpt = load_model(args.checkpoint, device=args.device)
+        tokenizer = ckpt.tokenizer()
     prompts = [p for p in (args.prompt or ["ROMEO.\n"]) for _ in range(args.batch)]
     streaming = len(prompts) == 1 and not args.no_stream
     if streaming:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqmix.commands.options import byte_budget
+from seqmix.commands.options import byte_budget, tokenizer_vocab_size
 from seqmix.train import NonFiniteError, OutOfMemory, TrainConfig, train
 from seqmix.train.config import DEFAULT_EVAL_BYTES, DEFAULT_FINAL_EVAL_BYTES
 
@@ -65,6 +65,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="validation bytes of every evaluation, periodic and final, or 'all' (default: "
                         f"{DEFAULT_EVAL_BYTES} periodic, {DEFAULT_FINAL_EVAL_BYTES} final)")
     t.add_argument("--corpus", help="a text file, a directory of text files or a glob (default: Shakespeare)")
+    t.add_argument("--tokenizer",
+                   help="bytes (default), bpe:N (a byte-level BPE of N ids trained on the training split), or the "
+                        "path of a byte-level tokenizer.json or transformers tokenizer directory; the model's "
+                        "vocab_size follows it")
     t.add_argument("--out", help="run directory (default runs/<mixer>-<time>)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its saved settings")
@@ -100,6 +104,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     for name in ("mixer", "pattern", "d_model", "n_layers", "n_heads", "mixer_options", "ffn", "ffn_options"):
         if getattr(args, name) is not None:
             model[name] = getattr(args, name)
+    if args.tokenizer is not None:
+        fields["tokenizer"] = args.tokenizer
+        model["vocab_size"] = tokenizer_vocab_size(args.tokenizer)
     if isinstance(args.pattern, list) and args.n_layers is None:
         model["n_layers"] = len(args.pattern)
     for name in ("steps", "tokens", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "grad_clip",
@@ -152,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     m = config.model
     if main:
         print(f"seqmix train: {m.pattern or m.mixer}, d_model={m.d_model}, n_layers={m.n_layers}, n_heads={m.n_heads}; "
-              f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} bytes"
+              f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} tokens ({config.tokenizer})"
               + (f", at most {config.time_budget:g} s" if config.time_budget else "")
               + (f"; {world} processes ({config.parallel})" if world > 1 else "")
               + f"; run directory {config.out_dir}", flush=True)
@@ -180,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
     val = result["val"]
     print(f"trained {result['parameters']:,} parameters for {result['steps']} steps ({result['tokens']:,} tokens) "
           f"in {result['elapsed_s']:.0f} s, stopped by the {result['stopped_by'].replace('_', ' ')}; "
-          f"last training loss {result['train_loss'] / 0.6931471805599453:.3f} bits per byte")
-    print(f"validation: {result['val_bpb']:.4f} bits per byte ({val['bytes']:,} bytes, windows of {val['seq_len']})")
+          f"last training loss {result['train_loss'] / 0.6931471805599453:.3f} bits per "
+          + ("byte" if config.tokenizer == "bytes" else "token"))
+    print(f"validation: {result['val_bpb']:.4f} bits per byte ({val['bytes']:,} bytes, windows of {val['seq_len']} "
+          "tokens)")
     print(f"checkpoint: {result['checkpoint']}")
     return 0

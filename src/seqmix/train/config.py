@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from seqmix.data.tokenizer import check_spec
 from seqmix.model import ModelConfig
 from seqmix.model.config import DictConfig
 
@@ -46,6 +47,7 @@ class TrainConfig(DictConfig):
 
     model: ModelConfig = field(default_factory=default_model)
     corpus: str | None = None  # None: the vendored Shakespeare; else a text file, directory or glob
+    tokenizer: str = "bytes"  # "bytes", "bpe:N" (trained on the training split) or a tokenizer.json path
     steps: int | None = None
     tokens: int | None = None
     time_budget: float | None = None
@@ -106,6 +108,7 @@ class TrainConfig(DictConfig):
         for name in ("pack", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be True or False")
+        check_spec(self.tokenizer)
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size} must be divisible by grad_accum="
                              f"{self.grad_accum} (the global batch is split into grad_accum micro-batches)")
