@@ -247,4 +247,4 @@ def test_the_default_evaluations_are_bounded():
     parser = __import__("argparse").ArgumentParser()
     eval_command.configure(parser)
     default = parser.parse_args(["--checkpoint", "x"]).eval_bytes
-    assert default == TrainConfig().final_eval_bytes == 262144 and TrainConfig().eval_bytes == 32768
+    assert default == TrainConfig().final_eval_bytes == 65536 and TrainConfig().eval_bytes == 32768

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         if args.tokenizer != "bytes" and bpe_size(args.tokenizer) is None:  # a file: it must not have changed
             check_same(tokenizer.name, tokenizer.sha256, load_tokenizer_file(args.tokenizer),
                        f"checkpoint {ckpt.directory}")
-    corpus = tokenize_for(args.corpus if args.corpus is not None else trained["corpus"], tokenizer)
+    run_dir = ckpt.directory.parent.parent if ckpt.directory.parent.name == "checkpoints" else None
+    corpus = tokenize_for(args.corpus if args.corpus is not None else trained["corpus"], tokenizer, run_dir)
     seq_len = args.seq_len or trained["seq_len"]
     splits = ("validation", "test") if args.split == "both" else (args.split,)
     results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.eval_bytes)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from seqmix.commands.options import byte_budget, tokenizer_vocab_size
+from seqmix.data.shards import MANIFEST, is_prepared
 from seqmix.train import NonFiniteError, OutOfMemory, TrainConfig, train
 from seqmix.train.config import DEFAULT_EVAL_BYTES, DEFAULT_FINAL_EVAL_BYTES
 
@@ -104,9 +105,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     for name in ("mixer", "pattern", "d_model", "n_layers", "n_heads", "mixer_options", "ffn", "ffn_options"):
         if getattr(args, name) is not None:
             model[name] = getattr(args, name)
-    if args.tokenizer is not None:
-        fields["tokenizer"] = args.tokenizer
-        model["vocab_size"] = tokenizer_vocab_size(args.tokenizer)
+    tokenizer = args.tokenizer
+    if tokenizer is None and not args.resume and is_prepared(args.corpus):  # the shards' own tokenizer
+        tokenizer = json.loads((Path(args.corpus) / MANIFEST).read_text(encoding="utf-8"))["tokenizer"]["name"]
+    if tokenizer is not None:
+        fields["tokenizer"] = tokenizer
+        model["vocab_size"] = tokenizer_vocab_size(tokenizer, args.corpus)
     if isinstance(args.pattern, list) and args.n_layers is None:
         model["n_layers"] = len(args.pattern)
     for name in ("steps", "tokens", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "grad_clip",
@@ -186,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     val = result["val"]
     print(f"trained {result['parameters']:,} parameters for {result['steps']} steps ({result['tokens']:,} tokens) "
-          f"in {result['elapsed_s']:.0f} s, stopped by the {result['stopped_by'].replace('_', ' ')}; "
+          f"in {result['elapsed_s']:.1f} s (first step after {result['setup_s']:.1f} s of setup), stopped by the "
+          f"{result['stopped_by'].replace('_', ' ')}; "
           f"last training loss {result['train_loss'] / 0.6931471805599453:.3f} bits per "
           + ("byte" if config.tokenizer == "bytes" else "token"))
     print(f"validation: {result['val_bpb']:.4f} bits per byte ({val['bytes']:,} bytes, windows of {val['seq_len']} "

@@ -30,3 +30,10 @@ class Corpus:
         """Bytes and document names of every split."""
         return {split: {"bytes": sum(len(d.data) for d in docs), "documents": [d.name for d in docs]}
                 for split, docs in self.splits.items()}
+
+
+def char_boundary(data: bytes, offset: int) -> int:
+    """The first offset at or after ``offset`` that does not cut a UTF-8 character of ``data``."""
+    while offset < len(data) and data[offset] & 0xC0 == 0x80:
+        offset += 1
+    return offset

@@ -75,7 +75,7 @@ class BatchSampler(_Sampler):
             longest = int(lengths.max()) if len(lengths) else 0
             raise ValueError(f"no training document holds seq_len + 1 = {seq_len + 1} tokens (the longest has "
                              f"{longest}); use a smaller seq_len, or pack documents")
-        self.data = split.tokens
+        self.split = split
         self.doc_offsets = split.offsets[:-1]
         self.cum_starts = np.cumsum(self.starts_per_doc)
         self.n_starts = int(self.cum_starts[-1])
@@ -87,7 +87,7 @@ class BatchSampler(_Sampler):
         doc = np.searchsorted(self.cum_starts, u, side="right")
         within = u - (self.cum_starts[doc] - self.starts_per_doc[doc])
         start = self.doc_offsets[doc] + within
-        windows = torch.from_numpy(self.data[start[:, None] + np.arange(self.seq_len + 1)].astype(np.int64))
+        windows = torch.from_numpy(self.split.windows(start, self.seq_len + 1))
         return windows[:, :-1], windows[:, 1:]
 
 
@@ -111,7 +111,7 @@ class PackedSampler(_Sampler):
         if total < seq_len + 1:
             raise ValueError(f"the training documents hold {total} tokens together, fewer than seq_len + 1 = "
                              f"{seq_len + 1}; use a smaller seq_len")
-        self.data = split.tokens
+        self.split = split
         self.doc_ends = split.offsets[1:]
         self.n_starts = total - seq_len
 
@@ -121,7 +121,7 @@ class PackedSampler(_Sampler):
         T = self.seq_len
         position = self._starts(index, rows)[:, None] + np.arange(T + 1)
         doc = np.searchsorted(self.doc_ends, position, side="right")
-        windows = torch.from_numpy(self.data[position].astype(np.int64))
+        windows = torch.from_numpy(self.split.windows(position[:, 0], T + 1))
         inputs, targets = windows[:, :-1], windows[:, 1:].clone()
         crosses = torch.from_numpy(doc[:, 1:] != doc[:, :-1])  # the target is another document's first token
         targets[crosses] = IGNORE

@@ -15,10 +15,12 @@ import hashlib
 import math
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+
+from seqmix.data.documents import char_boundary
 
 TOKENIZER_FILE = "tokenizer.json"
 BYTES_JSON = '{"seqmix_tokenizer": "bytes"}'
@@ -40,9 +42,12 @@ class ByteTokenizer:
     def encode(self, text: str | bytes) -> list[int]:
         return list(text if isinstance(text, bytes) else text.encode("utf-8"))
 
-    def encode_bytes(self, data: bytes) -> np.ndarray:
+    def encode_bytes(self, data: bytes, start: int = 0) -> np.ndarray:
         """UTF-8 bytes -> ids, uint8 [len(data)]."""
         return np.frombuffer(data, dtype=np.uint8)
+
+    def encode_many(self, texts: list[bytes], starts: list[int] | None = None) -> list[np.ndarray]:
+        return [np.frombuffer(data, dtype=np.uint8) for data in texts]
 
     def decode(self, ids) -> str:
         if isinstance(ids, torch.Tensor):
@@ -108,14 +113,23 @@ class SubwordTokenizer:
             text = text.decode("utf-8")
         return self.hf.encode(text, add_special_tokens=False).ids
 
-    def encode_bytes(self, data: bytes) -> np.ndarray:
-        """UTF-8 bytes -> ids, uint32 [n]: encoded in pieces of about ``PIECE_BYTES`` cut after newlines (one
-        ``encode_batch``), so the result depends on the text only, never on how a caller chunked it above that."""
-        pieces = [data[a:b].decode("utf-8") for a, b in _piece_bounds(data)]
-        encodings = self.hf.encode_batch(pieces, add_special_tokens=False)
-        if not encodings:
-            return np.zeros(0, dtype=np.uint32)
-        return np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encodings])
+    def encode_bytes(self, data: bytes, start: int = 0) -> np.ndarray:
+        """UTF-8 bytes (``start`` bytes into their document) -> ids, uint32 [n]."""
+        return self.encode_many([data], [start])[0]
+
+    def encode_many(self, texts: list[bytes], starts: list[int] | None = None) -> list[np.ndarray]:
+        """Several texts (UTF-8 bytes; text i begins ``starts[i]`` bytes into its document) -> their ids, each
+        uint32 [n_i], encoded in pieces of about ``PIECE_BYTES`` (``piece_bounds``) by one ``encode_batch``."""
+        starts = starts or [0] * len(texts)
+        pieces, owner = [], []
+        for i, (data, start) in enumerate(zip(texts, starts)):
+            for a, b in piece_bounds(data, start):
+                pieces.append(data[a:b].decode("utf-8"))
+                owner.append(i)
+        ids = [[] for _ in texts]
+        for i, encoding in zip(owner, self.hf.encode_batch(pieces, add_special_tokens=False)):
+            ids[i].append(np.asarray(encoding.ids, dtype=np.uint32))
+        return [np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32) for parts in ids]
 
     def decode(self, ids) -> str:
         if isinstance(ids, torch.Tensor):
@@ -136,21 +150,26 @@ class SubwordTokenizer:
 Tokenizer = ByteTokenizer | SubwordTokenizer
 
 
-def _piece_bounds(data: bytes, size: int = PIECE_BYTES) -> list[tuple[int, int]]:
-    """[a, b) ranges covering ``data``, each ending just after the first newline at or past ``a + size``
-    (or at a UTF-8 character boundary 16·size on, in text without newlines)."""
-    bounds, start, n = [], 0, len(data)
-    while start < n:
-        end = data.find(b"\n", start + size - 1, start + 16 * size)
-        if end < 0:
-            end = min(n, start + 16 * size)
-            while end < n and data[end] & 0xC0 == 0x80:  # never inside a character
-                end += 1
-        else:
-            end += 1
-        bounds.append((start, end))
-        start = end
-    return bounds
+def piece_bounds(data: bytes, start: int = 0, size: int = PIECE_BYTES) -> list[tuple[int, int]]:
+    """[a, b) ranges covering ``data``, the part of a document that begins ``start`` bytes into it.
+
+    The document is cut, for every k >= 1, after the first newline in its bytes [k·size − 1, (k+1)·size − 1),
+    or, with none there, at the first character boundary at or after k·size. Each cut depends only on the
+    bytes near it, so any part of a document that begins and ends at cuts is cut as the whole document is:
+    a document tokenized in parts (``seqmix prepare``'s units) gives the ids of the whole.
+    """
+    n, cuts = len(data), [0]
+    k = start // size + 1
+    while k * size - start < n:
+        lo = k * size - 1 - start
+        newline = data.find(b"\n", lo, lo + size)
+        cut = newline + 1 if newline >= 0 else char_boundary(data, k * size - start)
+        if cut >= n:
+            break
+        cuts.append(cut)
+        k += 1
+    cuts.append(n)
+    return list(zip(cuts, cuts[1:]))
 
 
 def _need_tokenizers():
@@ -189,7 +208,7 @@ def train_bpe(texts: Iterable[bytes], vocab_size: int, name: str | None = None) 
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=[], show_progress=False)
-    pieces = (data[a:b].decode("utf-8") for data in texts for a, b in _piece_bounds(data))
+    pieces = (data[a:b].decode("utf-8") for data in texts for a, b in piece_bounds(data))
     hf.train_from_iterator(pieces, trainer)
     return SubwordTokenizer(hf, name or f"bpe:{vocab_size}")
 
@@ -251,3 +270,17 @@ def as_json_name(tokenizer: Tokenizer) -> dict:
 
 __all__ = ["ByteTokenizer", "SubwordTokenizer", "Tokenizer", "bits_per_byte", "bpe_size", "check_same", "check_spec",
            "from_json", "load_tokenizer_file", "save_tokenizer", "token_dtype", "train_bpe"]
+
+
+def resolve_tokenizer(spec: str, training_texts: Callable[[], Iterable[bytes]], saved: Path | None = None) -> Tokenizer:
+    """The tokenizer a spec names: ``saved`` (a tokenizer.json written earlier for this spec, in a run or
+    shard directory) when it exists, else bytes, a BPE trained on ``training_texts()``, or a tokenizer file."""
+    check_spec(spec)
+    if saved is not None and saved.is_file():
+        return from_json(saved.read_text(encoding="utf-8"), spec)
+    if spec == "bytes":
+        return ByteTokenizer()
+    size = bpe_size(spec)
+    if size is not None:
+        return train_bpe(training_texts(), size, spec)
+    return load_tokenizer_file(spec)

@@ -80,7 +80,7 @@ def evaluate(model, data, seq_len: int, *, batch_size: int = 16, max_bytes: int 
     bytes_by_position = np.zeros(seq_len, dtype=np.int64)
     for i in range(0, len(full), batch_size):
         rows = starts[full[i:i + batch_size]]
-        window = split.tokens[rows[:, None] + np.arange(seq_len + 1)].astype(np.int64)
+        window = split.windows(rows, seq_len + 1)
         target_bytes = split.token_bytes[window[:, 1:]]
         nll = _nll(model, torch.from_numpy(window).to(device)).cpu()
         nll_total += nll.sum().item()
@@ -89,7 +89,7 @@ def evaluate(model, data, seq_len: int, *, batch_size: int = 16, max_bytes: int 
         n_bytes += int(target_bytes.sum())
         n_tokens += target_bytes.size
     for w in partial:
-        window = split.tokens[starts[w]:ends[w]].astype(np.int64)
+        window = split.window(starts[w], ends[w] - starts[w])
         nll_total += _nll(model, torch.from_numpy(window)[None].to(device)).sum().item()
         n_bytes += int(split.token_bytes[window[1:]].sum())
         n_tokens += len(window) - 1

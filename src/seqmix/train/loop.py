@@ -193,7 +193,8 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
           progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``config.model`` and return a summary: ``model``, ``steps``, ``tokens``, ``elapsed_s``
     (training time, all sessions of a resumed run), ``train_loss`` (last step, nats), ``val_bpb`` and ``val``
-    (the evaluate() dict on ``final_eval_bytes`` of the validation split), ``stopped_by`` ("steps" or
+    (the evaluate() dict on ``final_eval_bytes`` of the validation split), ``setup_s`` (seconds before the first
+    step: reading or preparing the data, building the model, restoring), ``stopped_by`` ("steps" or
     "time_budget"), ``checkpoint`` (path or None), ``parameters``, ``world_size`` and ``history`` (this
     call's records).
 
@@ -216,6 +217,7 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
 
 def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bool,
            progress: Callable[[dict], None] | None) -> dict:
+    called = time.perf_counter()
     device = ranks.device
     out = Path(config.out_dir) if config.out_dir is not None else None
     checkpoints = out / "checkpoints" if out is not None else None
@@ -235,7 +237,10 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
                              "--resume) or choose another out_dir")
         if found is not None:
             _check_tokenizer_spec(found, config)
-    corpus = open_corpus(config.corpus, config.tokenizer, out)
+    if ranks.distributed and ranks.main:  # rank 0 prepares the shards (if any are needed), the others read them
+        open_corpus(config.corpus, config.tokenizer, out, quiet=quiet)
+    ranks.barrier()
+    corpus = open_corpus(config.corpus, config.tokenizer, out, quiet=quiet)
     tokenizer = corpus.tokenizer
     if config.model.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size={config.model.vocab_size} is smaller than tokenizer "
@@ -288,6 +293,7 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
 
     bar = tqdm(total=total, initial=step, disable=quiet, unit="step", dynamic_ncols=True, desc="train")
     start = time.perf_counter()
+    setup_s = start - called  # data (preparing it if need be), model, checkpoint: before the first step
     elapsed = elapsed_before
     mark_time, mark_tokens = start, tokens
     stopped_by, loss_value = "steps", float("nan")
@@ -368,4 +374,5 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
     return {"model": model, "steps": step, "tokens": tokens, "elapsed_s": elapsed, "train_loss": loss_value,
             "val_bpb": val_bpb, "val": val, "stopped_by": stopped_by,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
-            "parameters": model.num_parameters(), "world_size": ranks.world_size, "history": history}
+            "parameters": model.num_parameters(), "world_size": ranks.world_size, "history": history,
+            "setup_s": setup_s}
