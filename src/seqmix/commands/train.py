@@ -88,6 +88,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="full: gathered into one file (default); sharded: one file per process")
     s.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
                    help="rows packed from whole documents and pieces, each starting from the zero state")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train through torch.compile (C++ kernels on CPU, Triton on a GPU; building takes a minute; "
+                        "without a compiler it says so and trains uncompiled)")
+    s.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write loss, learning rate, throughput and evaluations to <out>/tensorboard "
+                        "(needs the seqmix[tensorboard] extra)")
     s.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each block in the backward pass: less memory, about 1/3 more time")
 
@@ -115,7 +121,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         model["n_layers"] = len(args.pattern)
     for name in ("steps", "tokens", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "grad_clip",
                  "eval_interval", "log_interval", "checkpoint_interval", "seed", "corpus", "device", "dtype",
-                 "on_nonfinite", "grad_accum", "parallel", "checkpoint_format", "pack", "activation_checkpointing"):
+                 "on_nonfinite", "grad_accum", "parallel", "checkpoint_format", "pack", "activation_checkpointing",
+                 "compile", "tensorboard"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if "eval_bytes" in vars(args):  # given ('all' is None)

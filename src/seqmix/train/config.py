@@ -42,7 +42,10 @@ class TrainConfig(DictConfig):
     sharded across processes). ``checkpoint_format``: "full" gathers everything into one file; "sharded"
     lets every process write its own shard (torch.distributed.checkpoint), for models too large to gather.
     ``pack``: rows are packed from whole documents and pieces (``data.PackedSampler``), each starting from
-    the zero state. ``activation_checkpointing`` recomputes each block in the backward pass.
+    the zero state. ``activation_checkpointing`` recomputes each block in the backward pass. ``compile``
+    runs the training forward and backward through torch.compile (inductor: C++ on CPU, Triton on a GPU; with
+    no compiler found it warns and trains uncompiled). ``tensorboard`` writes the log's scalars to
+    ``<out_dir>/tensorboard`` as well (needs the tensorboard package).
     """
 
     model: ModelConfig = field(default_factory=default_model)
@@ -76,6 +79,8 @@ class TrainConfig(DictConfig):
     checkpoint_format: str = "full"
     pack: bool = False
     activation_checkpointing: bool = False
+    compile: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -105,10 +110,12 @@ class TrainConfig(DictConfig):
                               ("parallel", PARALLEL), ("checkpoint_format", CHECKPOINT_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
-        for name in ("pack", "activation_checkpointing"):
+        for name in ("pack", "activation_checkpointing", "compile", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be True or False")
         check_spec(self.tokenizer)
+        if self.tensorboard and self.out_dir is None:
+            raise ValueError("TrainConfig.tensorboard=True needs out_dir (the event files go to <out_dir>/tensorboard)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size} must be divisible by grad_accum="
                              f"{self.grad_accum} (the global batch is split into grad_accum micro-batches)")

@@ -41,8 +41,10 @@ from seqmix.model import SeqMixLM
 from seqmix.train import distributed
 from seqmix.train.checkpoint import (Checkpoint, begin_checkpoint, commit_checkpoint, latest, model_tensors,
                                      save_checkpoint, step_dir, temporary)
+from seqmix.train.compiled import compile_for_training
 from seqmix.train.config import TrainConfig
 from seqmix.train.distributed import Ranks
+from seqmix.train.tensorboard import TensorBoardLog
 
 # what must not change between a checkpoint and its resumption (the data stream and the weights' meaning)
 RESUME_FIELDS = ("model", "corpus", "tokenizer", "batch_size", "seq_len", "seed", "pack")
@@ -259,6 +261,8 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
     if out is not None and ranks.main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     log = _Log(out / "log.jsonl" if out is not None and ranks.main else None, step if found is not None else None)
+    board = TensorBoardLog(out / "tensorboard") if config.tensorboard and ranks.main else None
+    forward = compile_for_training(wrapped, device) if config.compile else wrapped
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
     total = config.total_steps
@@ -269,6 +273,8 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
     def emit(record: dict) -> None:
         history.append(record)
         log.write(record)
+        if board is not None:
+            board.write(record)
         if progress is not None:
             progress(record)
 
@@ -320,7 +326,7 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
         for m, (x, y, *packing) in enumerate(batches):
             with distributed.gradient_sync(wrapped, m == config.grad_accum - 1):
                 with autocast:
-                    logits = wrapped(x.to(device), cu_seqlens=packing[0] if packing else None)
+                    logits = forward(x.to(device), cu_seqlens=packing[0] if packing else None)
                 logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: softmax in float32
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
                                        ignore_index=IGNORE, reduction="sum")
@@ -371,6 +377,8 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
     checkpoint = save()
     emit({"kind": "done", "step": step, "tokens": tokens, "elapsed_s": elapsed, "val_bpb": val_bpb,
           "val_bytes": val["bytes"], "stopped_by": stopped_by})
+    if board is not None:
+        board.close()
     return {"model": model, "steps": step, "tokens": tokens, "elapsed_s": elapsed, "train_loss": loss_value,
             "val_bpb": val_bpb, "val": val, "stopped_by": stopped_by,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
