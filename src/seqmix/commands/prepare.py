@@ -27,8 +27,10 @@ def run(args: argparse.Namespace) -> int:
     if m["already"]:
         print(f"{args.out} already holds {args.corpus} prepared with tokenizer {m['tokenizer']['name']}; nothing to do")
     else:
+        trained = f", of which {m['tokenizer_seconds']:.1f} s training the BPE" if m["tokenizer_seconds"] > 0.5 else ""
         print(f"prepared {m['source']['bytes'] / 1e6:,.1f} MB in {m['prepare_seconds']:.1f} s "
-              f"({m['mb_per_s']:.1f} MB/s, {m['workers']} processes, {m['units']} units)")
+              f"({m['mb_per_s']:.1f} MB/s, {m['workers']} processes, {m['units']} units{trained}; tokenizing "
+              f"{m['tokenize_seconds']:.1f} s)")
     for split, s in m["splits"].items():
         print(f"{split:>10}: {s['tokens']:>13,} tokens {s['documents']:>9,} documents {s['bytes']:>13,} bytes "
               f"({s['bytes'] / max(s['tokens'], 1):.2f} bytes/token)")

@@ -127,7 +127,8 @@ def _run_units(units: list[dict], todo: list[int], tokenizer: Tokenizer, text_fi
 def prepare(source: str, tokenizer: str | Tokenizer = "bytes", out: str | Path = "prepared", *,
             text_field: str = "text", workers: int | None = None, quiet: bool = False) -> dict:
     """Tokenize ``source`` (file, directory or glob of text, JSONL and Parquet files) with ``tokenizer`` (a
-    spec, or a tokenizer object used as it is) into shards in ``out``; return the manifest (with ``prepare_seconds`` and ``mb_per_s`` of this
+    spec, or a tokenizer object used as it is) into shards in ``out``; return the manifest (with
+    ``prepare_seconds``, ``tokenizer_seconds`` (training a BPE), ``tokenize_seconds`` and ``mb_per_s`` of this
     call, and ``already`` when nothing was left to do). ``workers``: processes (default: every core; sources
     under 32 MB are tokenized in this process)."""
     started = time.perf_counter()
@@ -153,10 +154,13 @@ def prepare(source: str, tokenizer: str | Tokenizer = "bytes", out: str | Path =
         _refuse_other_work(out, plan["identity"], wanted, asked)
         units = plan["units"]
         tok = resolve_tokenizer(spec, lambda: (), saved)
+        tokenizer_seconds = 0.0
     else:
         units = plan_units(description)
+        tokenizer_started = time.perf_counter()
         tok = asked or resolve_tokenizer(spec, lambda: training_sample(units, description["text_field"],
                                                                             BPE_TRAINING_BYTES))
+        tokenizer_seconds = time.perf_counter() - tokenizer_started
         saved.write_text(tok.to_json(), encoding="utf-8")
         _write_json(out / PLAN, {"identity": {**wanted, "tokenizer_sha256": tok.sha256}, "units": units})
     parts = out / PARTS
@@ -183,7 +187,8 @@ def prepare(source: str, tokenizer: str | Tokenizer = "bytes", out: str | Path =
     shutil.rmtree(parts)
     (out / PLAN).unlink()
     read = sum(unit_bytes[i] for i in todo)
-    return {**manifest, "already": False, "prepare_seconds": seconds, "tokenize_seconds": tokenize_seconds,
+    return {**manifest, "already": False, "prepare_seconds": seconds, "tokenizer_seconds": tokenizer_seconds,
+            "tokenize_seconds": tokenize_seconds,
             "mb_per_s": read / 1e6 / max(seconds, 1e-9)}
 
 
