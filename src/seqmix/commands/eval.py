@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
         if args.tokenizer != "bytes" and bpe_size(args.tokenizer) is None:  # a file: it must not have changed
             check_same(tokenizer.name, tokenizer.sha256, load_tokenizer_file(args.tokenizer),
                        f"checkpoint {ckpt.directory}")
+    # the run's own shards of its corpus (prepared from a plain --corpus), unless another corpus is asked for
     run_dir = ckpt.directory.parent.parent if ckpt.directory.parent.name == "checkpoints" else None
-    corpus = tokenize_for(args.corpus if args.corpus is not None else trained["corpus"], tokenizer, run_dir)
+    corpus = tokenize_for(args.corpus if args.corpus is not None else trained["corpus"], tokenizer,
+                          run_dir if args.corpus is None else None)
     seq_len = args.seq_len or trained["seq_len"]
     splits = ("validation", "test") if args.split == "both" else (args.split,)
     results = {s: evaluate(model, corpus[s], seq_len, batch_size=args.batch_size, max_bytes=args.eval_bytes)

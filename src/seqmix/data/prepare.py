@@ -96,5 +96,5 @@ def _prepared_in_memory(source: str, tokenizer: str | Tokenizer) -> TokenCorpus:
         prepare(source, tokenizer, Path(tmp) / RUN_DATA, quiet=True)
         corpus = open_shards(Path(tmp) / RUN_DATA)
         for split in corpus.splits.values():  # read into memory before the files go
-            split.tokens, split.offsets = split.window(0, len(split.tokens)), np.array(split.offsets)
+            split.tokens, split.offsets = split.tokens.read(0, len(split.tokens)), np.array(split.offsets)
     return corpus

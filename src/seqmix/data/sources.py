@@ -94,7 +94,8 @@ def _check_records(f: dict, text_field: str) -> None:
     """Refuse, before any work starts, a record file whose text field is missing or not text."""
     if f["kind"] == "jsonl":
         first = _read(f["path"], 0, _next_line(f["path"], 0, f["bytes"])).strip()
-        _record_text(first, text_field, f["path"], 0)
+        if first:  # (blank lines are skipped; the workers check every record)
+            _record_text(first, text_field, f["path"], 0)
         return
     schema = _parquet(f["path"]).schema_arrow
     if text_field not in schema.names:
