@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from seqmix.data.documents import SPLITS
 from seqmix.data.sources import describe, plan_units, read_unit, sha256_file, training_sample
-from seqmix.data.tokenizer import (TOKENIZER_FILE, Tokenizer, as_json_name, bpe_size, from_json,
+from seqmix.data.tokenizer import (TOKENIZER_FILE, Tokenizer, tokenizer_record, bpe_size, from_json,
                                    resolve_tokenizer, token_dtype)
 from seqmix.data.tokens import TokenCorpus, TokenFile, TokenSplit
 
@@ -181,7 +181,7 @@ def prepare(source: str, tokenizer: str | Tokenizer = "bytes", out: str | Path =
     manifest = {"format": FORMAT, "identity": {**wanted, "tokenizer_sha256": tok.sha256},
                 "source": {k: description[k] for k in ("spec", "sha256", "bytes", "text_field")} |
                 {"files": [{k: f[k] for k in ("name", "kind", "bytes", "sha256")} for f in description["files"]]},
-                "tokenizer": as_json_name(tok), "dtype": token_dtype(tok.vocab_size).name, "splits": splits,
+                "tokenizer": tokenizer_record(tok), "dtype": token_dtype(tok.vocab_size).name, "splits": splits,
                 "units": len(units), "workers": workers}
     _write_json(out / MANIFEST, manifest)
     shutil.rmtree(parts)

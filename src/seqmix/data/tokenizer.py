@@ -263,13 +263,9 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     return nll_nats / math.log(2) / n_bytes
 
 
-def as_json_name(tokenizer: Tokenizer) -> dict:
+def tokenizer_record(tokenizer: Tokenizer) -> dict:
     """What reports and manifests record of a tokenizer."""
     return {"name": tokenizer.name, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}
-
-
-__all__ = ["ByteTokenizer", "SubwordTokenizer", "Tokenizer", "bits_per_byte", "bpe_size", "check_same", "check_spec",
-           "from_json", "load_tokenizer_file", "save_tokenizer", "token_dtype", "train_bpe"]
 
 
 def resolve_tokenizer(spec: str, training_texts: Callable[[], Iterable[bytes]], saved: Path | None = None) -> Tokenizer:
