@@ -117,3 +117,27 @@ def test_unknown_arena_inputs_are_named():
         from seqmix.arena.plan import select_archs
         select_archs(["transformerz"])
     assert main(["arena", "--preset", "micro", "--sections", "lm,bogus"]) == 2
+
+
+def test_the_arena_on_another_corpus_and_tokenizer_names_them_in_the_report(tmp_path, corpus_dir, arena_run,
+                                                                             capsys):
+    pytest.importorskip("tokenizers")
+    out = tmp_path / "arena"
+    args = ["arena", "--preset", "micro", "--mixers", "attention", "--sections", "lm", "--out", str(out),
+            "--corpus", corpus_dir, "--tokenizer", "bpe:300"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    data = results["meta"]["data"]
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert data["name"] == corpus_dir and data["tokenizer"] == "bpe:300" and data["vocab_size"] == 300
+    assert data["sha256"] == manifest["source"]["sha256"] and data["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
+    report = (out / "report.md").read_text()
+    assert f"`{corpus_dir}` (sha256 `{data['sha256']}`)" in report and "`bpe:300` (300 ids" in report
+    cells_here = {p.name for p in (out / "cells").glob("lm-attention-*.json")}
+    default_cells = {p.name for p in (arena_run / "cells").glob("lm-attention-*.json")}
+    assert cells_here and not cells_here & default_cells  # other data, other cells
+    assert all(math.isfinite(c["val_bpb"]) and c["params"] > 0 for c in results["lm"])
+    assert main(args) == 0  # the same data again: recognised, the cells are cached
+    capsys.readouterr()
+    assert main(args[:-1] + ["bytes"]) == 2  # this output folder holds that corpus with bpe:300
+    assert "tokenizer 'bpe:300', asked 'bytes'" in capsys.readouterr().err

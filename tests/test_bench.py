@@ -105,3 +105,16 @@ def test_bench_cli_hf_layers_checks_against_transformers_first(tmp_path, capsys)
     args = parser.parse_args(["--suite", "hf-layers", "--mixers", "mamba"])
     with pytest.raises(ValueError, match=r"--mixers \['mamba'\]: the transformers comparison has"):
         cli.run(args)
+
+
+
+@pytest.mark.slow  # inductor builds a training step: about 30 s of CPU
+def test_bench_train_reports_tokens_per_second_with_and_without_compile(capsys):
+    from seqmix.cli import main
+
+    assert main(["bench", "--suite", "train", "--mixers", "attention", "--sizes", "16x1", "--batches", "2",
+                 "--seq-len", "16", "--rounds", "1", "--min-time", "0.01"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| attention |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == "2 × 16" and cells[5].endswith("×") and float(cells[7]) < 1e-5

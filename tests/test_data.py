@@ -205,3 +205,25 @@ def test_evaluate_a_subset_and_untrained_model_is_near_8_bits():
 def test_log2_buckets_average_their_ranges():
     buckets = log2_buckets([1.0, 2.0, 3.0, 5.0, 7.0, 9.0])
     assert [(b["start"], b["end"], b["bpb"]) for b in buckets] == [(0, 1, 1.0), (1, 2, 2.0), (2, 4, 4.0), (4, 6, 8.0)]
+
+
+def test_data_modules_import_in_one_direction():
+    """documents <- shakespeare <- corpus: no data module imports one that imports it back."""
+    import ast
+
+    root = resources.files("seqmix.data")
+    imports = {}
+    for path in root.iterdir():
+        if path.name.endswith(".py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+            names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                      for a in n.names}
+            imports[path.name[:-3]] = {m.split(".")[2] for m in names if m.startswith("seqmix.data.")}
+    imports.pop("__init__")
+
+    def reaches(start, goal, seen=()):
+        return any(m == goal or (m not in seen and reaches(m, goal, seen + (m,))) for m in imports.get(start, ()))
+
+    assert imports["documents"] == set() and "corpus" not in imports["shakespeare"]
+    assert not [m for m in imports if reaches(m, m)]

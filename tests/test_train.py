@@ -210,3 +210,92 @@ def test_cli_train_eval_smoke(tmp_path, corpus_dir, capsys):
     assert "validation:" in printed and "test:" in printed and "by position" in printed
     assert main(["train", "--mixer", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown; available" in capsys.readouterr().err
+
+
+def test_eval_bytes_caps_every_evaluation_and_all_measures_the_whole_split(tmp_path, corpus_dir, capsys):
+    from seqmix.data import load_corpus
+
+    whole = sum(len(d.data) - 1 for d in load_corpus(corpus_dir)["validation"])
+    args = ["train", "--mixer", "gla", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--steps", "2",
+            "--batch-size", "2", "--seq-len", "16", "--corpus", corpus_dir, "--quiet", "--eval-interval", "1"]
+    assert main(args + ["--out", str(tmp_path / "capped"), "--eval-bytes", "160"]) == 0
+    config = json.loads((tmp_path / "capped" / "config.json").read_text())
+    assert config["eval_bytes"] == config["final_eval_bytes"] == 160
+    records = [json.loads(line) for line in (tmp_path / "capped" / "log.jsonl").read_text().splitlines()]
+    assert [r["eval_bytes"] for r in records if r["kind"] == "eval"] == [160]
+    final = [r["val_bytes"] for r in records if r["kind"] == "done"]
+    assert len(final) == 1 and 160 - 16 < final[0] <= 160 < whole  # 10 windows of up to 16 predicted bytes
+    assert main(args + ["--out", str(tmp_path / "all"), "--eval-bytes", "all"]) == 0
+    config = json.loads((tmp_path / "all" / "config.json").read_text())
+    assert config["eval_bytes"] is None and config["final_eval_bytes"] is None
+    assert json.loads((tmp_path / "all" / "log.jsonl").read_text().splitlines()[-1])["val_bytes"] == whole
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "all"), "--split", "validation", "--json",
+                 "--eval-bytes", "all"]) == 0
+    assert json.loads(capsys.readouterr().out)["validation"]["bytes"] == whole
+    assert main(["eval", "--checkpoint", str(tmp_path / "all"), "--split", "validation", "--json",
+                 "--eval-bytes", "96"]) == 0
+    assert 96 - 16 < json.loads(capsys.readouterr().out)["validation"]["bytes"] <= 96
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "bad"), "--eval-bytes", "lots"])
+    assert "'all' for the whole split" in capsys.readouterr().err
+
+
+def test_the_default_evaluations_are_bounded():
+    from seqmix.commands import eval as eval_command
+
+    parser = __import__("argparse").ArgumentParser()
+    eval_command.configure(parser)
+    default = parser.parse_args(["--checkpoint", "x"]).eval_bytes
+    assert default == TrainConfig().final_eval_bytes == 65536 and TrainConfig().eval_bytes == 32768
+
+
+def _compile_config(**overrides) -> TrainConfig:
+    return tiny(None, steps=3, model=ModelConfig(mixer="attention", d_model=16, n_layers=1, n_heads=2),
+                final_eval_bytes=64, **overrides)
+
+
+@pytest.mark.slow  # inductor builds the forward and backward kernels: about 30 s of CPU
+def test_compiled_training_computes_the_uncompiled_losses():
+    """torch.compile (inductor's C++ on CPU) fuses the same arithmetic: the losses agree to float rounding."""
+    from seqmix.train.compiled import compiler_problem
+
+    if compiler_problem(torch.device("cpu")) is not None:
+        pytest.skip(compiler_problem(torch.device("cpu")))
+    eager = train(_compile_config(), quiet=True)
+    compiled = train(_compile_config(compile=True), quiet=True)
+    a = [r["loss"] for r in eager["history"] if r["kind"] == "train"]
+    b = [r["loss"] for r in compiled["history"] if r["kind"] == "train"]
+    assert len(a) == 3 and a == pytest.approx(b, rel=1e-5, abs=0)
+    assert compiled["val_bpb"] == pytest.approx(eager["val_bpb"], rel=1e-5)
+
+
+def test_compile_without_a_compiler_says_so_and_trains_uncompiled(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*training uncompiled"):
+        fallback = train(_compile_config(compile=True), quiet=True)
+    eager = train(_compile_config(), quiet=True)
+    losses_of = lambda result: [r["loss"] for r in result["history"] if r["kind"] == "train"]  # noqa: E731
+    assert len(losses_of(eager)) == 3 and losses_of(fallback) == losses_of(eager)
+
+
+def test_tensorboard_holds_the_logged_scalars(tmp_path, corpus_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(tiny(corpus_dir, out, steps=4, eval_interval=2, final_eval_bytes=64, tensorboard=True), quiet=True)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for name in ("loss", "lr", "tokens_per_s", "grad_norm"):
+        logged = [(r["step"], r[name]) for r in records if r["kind"] == "train"]
+        written = [(e.step, e.value) for e in events.Scalars(f"train/{name}")]
+        assert [s for s, _ in written] == [s for s, _ in logged]
+        assert [v for _, v in written] == pytest.approx([v for _, v in logged], rel=1e-6)
+    evals = [(r["step"], r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars("eval/val_bpb")] == evals
+    assert [e.step for e in events.Scalars("eval/val_bpb")] == [2, 4]
+    with pytest.raises(ValueError, match="tensorboard=True needs out_dir"):
+        tiny(corpus_dir, None, tensorboard=True)

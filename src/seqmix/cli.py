@@ -11,6 +11,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("seqmix.commands.train", "train a byte-level language model (default: a small model on Shakespeare)"),
+    "prepare": ("seqmix.commands.prepare", "tokenize a corpus once into memory-mapped token shards"),
     "eval": ("seqmix.commands.eval", "bits per byte of a checkpoint on validation/test, and loss by position"),
     "generate": ("seqmix.commands.generate", "continue a prompt with a trained checkpoint"),
     "kan-vs-mlp": ("seqmix.bench.kan_vs_mlp", "KAN against an MLP on sklearn digits"),

@@ -24,7 +24,8 @@ from seqmix.arena.presets import KANSettings, LMSettings, PromptOrderSettings, R
 from seqmix.arena.recall import RecallData, train_recall
 from seqmix.bench.kan_vs_mlp import count_parameters, matched_mlp
 from seqmix.bench.suites import ttt_forms_suite
-from seqmix.data import load_corpus
+from seqmix.data.prepare import open_corpus
+from seqmix.data.tokenizer import TOKENIZER_FILE
 from seqmix.data.mqar import multiquery_ar, prompt_order_recall
 from seqmix.eval import evaluate
 from seqmix.ffn.kan import KAN
@@ -47,17 +48,23 @@ def _position_curve(loss_by_position: list[float], points: int = 24) -> dict:
     return {"positions": pos, "bpb": bpb}
 
 
-def lm_cell(arch: Arch, d_model: int, lm: LMSettings, workdir, seed: int = 0, corpus=None, progress=None) -> dict:
-    """Train on the training works with the preset's recipe and `seed`; evaluate on validation and test works."""
-    model_cfg = arch.config(d_model, lm.n_layers, lm.n_heads)
+def lm_cell(arch: Arch, d_model: int, lm: LMSettings, workdir, seed: int = 0, data: dict | None = None,
+            progress=None) -> dict:
+    """Train on the training split with the preset's recipe and `seed`; evaluate on validation and test.
+    ``data`` (``arena.data.describe_data``): the corpus and tokenizer; None: Shakespeare in bytes."""
+    data = data or {"corpus": None, "tokenizer": "bytes", "vocab_size": 256}
+    model_cfg = arch.config(d_model, lm.n_layers, lm.n_heads, data["vocab_size"])
     steps = max(1, lm.train_tokens // (lm.batch_size * lm.seq_len))
-    config = TrainConfig(model=model_cfg, steps=steps, batch_size=lm.batch_size, seq_len=lm.seq_len, lr=lm.lr,
+    if data.get("tokenizer_json") is not None:  # the arena's tokenizer, not one trained again in this cell
+        (workdir / TOKENIZER_FILE).write_text(data["tokenizer_json"], encoding="utf-8")
+    config = TrainConfig(model=model_cfg, corpus=data["corpus"], tokenizer=data["tokenizer"], steps=steps,
+                         batch_size=lm.batch_size, seq_len=lm.seq_len, lr=lm.lr,
                          warmup_steps=max(1, steps // 10), eval_interval=steps + 1, eval_bytes=lm.seq_len,
                          final_eval_bytes=lm.seq_len, checkpoint_interval=max(1, steps // 4),
                          log_interval=max(1, steps // 50), out_dir=str(workdir), seed=seed)
     result = train(config, resume=latest(workdir / "checkpoints") is not None, quiet=True, progress=progress)
     model = result["model"].eval()
-    corpus = corpus or load_corpus(None)
+    corpus = open_corpus(data["corpus"], data["tokenizer"], workdir)
     budget = lm.eval_windows * lm.eval_len
     at_L = evaluate(model, corpus["validation"], lm.seq_len, max_bytes=budget)
     at_4L = evaluate(model, corpus["validation"], 4 * lm.seq_len, max_bytes=budget)

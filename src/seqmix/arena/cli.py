@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 import seqmix
 from seqmix.arena.cache import CellCache, cell_key
 from seqmix.arena.claims import judge_all
+from seqmix.arena.data import DEFAULT_DATA, describe_data
 from seqmix.arena.plan import SECTIONS, Plan, select_archs
 from seqmix.arena.presets import PRESETS, get_preset
 from seqmix.arena.report import render
@@ -27,6 +28,10 @@ def configure(p) -> None:
                                                 "section; default: each section's own list in the preset")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/arena-<preset>)")
+    p.add_argument("--corpus", help="the language-modelling corpus: a text file, directory, glob, JSONL / Parquet, "
+                                    "or shards from seqmix prepare (default: the vendored Shakespeare)")
+    p.add_argument("--tokenizer", default="bytes",
+                   help="bytes (default), bpe:N (trained on the training split) or a byte-level tokenizer.json")
     p.add_argument("--report-only", action="store_true", help="re-render the report from the cache; train nothing")
 
 
@@ -56,7 +61,8 @@ def run(args) -> int:
     names = [m for m in args.mixers.split(",") if m]
     out = args.out or Path("runs") / f"arena-{preset.name}"
     cache = CellCache(out)
-    plan = Plan(preset, select_archs(names), sections, cell_key, explicit_selection=bool(names))
+    data = describe_data(args.corpus, args.tokenizer, out) if args.corpus or args.tokenizer != "bytes" else None
+    plan = Plan(preset, select_archs(names), sections, cell_key, explicit_selection=bool(names), data=data)
     todo = plan.todo(lambda key: cache.get(key) is not None)
     n_cells = len({item.key for item in plan.items})
     print(f"arena: preset {preset.name} ({preset.description}), {n_cells} cells, {n_cells - len(todo)} cached, "
@@ -85,7 +91,8 @@ def run(args) -> int:
             "python": platform.python_version(), "seqmix": seqmix.__version__, "commit": _git_commit(),
             "out": str(out), "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "lm_entrants": plan.lm_entrants, "speed_entrants": plan.speed_entrants, "widths": plan.widths,
-            "sections": sections, "wall_seconds_this_run": time.perf_counter() - started,
+            "sections": sections, "data": {k: v for k, v in (data or DEFAULT_DATA).items() if k != "tokenizer_json"},
+            "wall_seconds_this_run": time.perf_counter() - started,
             "compute_seconds": sum(cache.get(key).get("cell_seconds", 0.0) for key in {i.key for i in plan.items}
                                    if cache.get(key) is not None)}
     results = {"meta": meta, **plan.collect(cache.get)}

@@ -105,7 +105,7 @@ class Plan:
     machine's drift across the whole section."""
 
     def __init__(self, preset, selected: list[Arch], sections: list[str], cell_key: Callable,
-                 explicit_selection: bool = False):
+                 explicit_selection: bool = False, data: dict | None = None):
         from seqmix.arena import cells  # cells imports this module (Arch)
 
         self.preset, self.items, self._cell_key = preset, [], cell_key
@@ -126,16 +126,21 @@ class Plan:
                 sized.setdefault(name, by_name[name])
         if "ttt_linear" in by_name:
             sized.setdefault("ttt_linear", by_name["ttt_linear"])
-        self.widths = {n: matched_width(a, lm.target_params, lm.n_layers, lm.n_heads)[0] for n, a in sized.items()}
+        vocab = data["vocab_size"] if data else 256
+        self.widths = {n: matched_width(a, lm.target_params, lm.n_layers, lm.n_heads, vocab)[0]
+                       for n, a in sized.items()}
         self.lm_entrants = [a.name for a in lm_entrants]
         self.speed_entrants = [a.name for a in speed_entrants]
 
         def lm_item(section, arch, seed, tags=None):
             """A language model; its key does not depend on the section, so the sections share equal cells."""
             params = {"arch": asdict(arch), "d": self.widths[arch.name], "lm": asdict(lm), "seed": seed}
+            if data is not None:  # another corpus or tokenizer: other cells (the default's keys stay as they were)
+                params["data"] = {k: data[k] for k in ("sha256", "tokenizer", "tokenizer_sha256")}
             key = cell_key("lm", f"{arch.name}-s{seed}", params)
             self.items.append(Item(section, key, f"{section}:{arch.name}-s{seed}", lambda progress, workdir:
-                                   cells.lm_cell(arch, self.widths[arch.name], lm, workdir, seed, progress=progress),
+                                   cells.lm_cell(arch, self.widths[arch.name], lm, workdir, seed, data,
+                                                 progress=progress),
                                    dict(tags or {})))
 
         if "lm" in sections:

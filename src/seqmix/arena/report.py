@@ -127,6 +127,15 @@ def _seed_table(spreads: dict[str, Spread], extra: dict[str, dict[str, Spread]] 
             for n in sorted(spreads, key=lambda n: spreads[n].median)]
 
 
+def _data_sentence(data: dict | None) -> str:
+    """What the language models read: the default, or the corpus (with its sha256) and the tokenizer."""
+    if not data or (data["name"] == "shakespeare" and data["tokenizer"] == "bytes"):
+        return "Byte-level models on the vendored Shakespeare corpus (train/validation/test split by work)."
+    return (f"Models on the corpus `{data['name']}` (sha256 `{data['sha256']}`) with the tokenizer "
+            f"`{data['tokenizer']}` ({data['vocab_size']:,} ids, sha256 `{data['tokenizer_sha256'][:16]}…`); "
+            "every figure is in bits per byte of the text (summed nats / (ln 2 · bytes)), whatever the tokenizer.")
+
+
 def _lm_sections(md: list, out: Path, results: dict) -> None:
     lm, meta = results["lm"], results["meta"]
     if not lm:
@@ -135,8 +144,7 @@ def _lm_sections(md: list, out: Path, results: dict) -> None:
     by_arch = defaultdict(list)
     for c in lm:
         by_arch[c["arch"]].append(c)
-    md += ["## Setup", "", f"Byte-level models on the vendored Shakespeare corpus (train/validation/test split by "
-           f"work). The same recipe and token budget for every entrant: {s['n_layers']} layers, "
+    md += ["## Setup", "", f"{_data_sentence(meta.get('data'))} The same recipe and token budget for every entrant: {s['n_layers']} layers, "
            f"{s['train_tokens']:,} training tokens at context {s['seq_len']}, widths chosen to match "
            f"{s['target_params']:,} parameters, seeds {', '.join(str(i) for i in range(s['seeds']))} for every "
            "entrant (the seed sets initialisation and batch order).", ""]

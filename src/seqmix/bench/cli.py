@@ -16,6 +16,7 @@ DEFAULT_MIXERS = "attention,linear_attention,gla"
 TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
 GENERATE_MIXERS = "mamba,mamba2,gla,rwkv7,ttt_linear"  # the default of --suite generate
 HF_MIXERS = "gated_deltanet,kda,lightning,attention,mla"  # the default of --suite hf-layers
+TRAIN_MIXERS = "attention,gla"  # the default of --suite train
 
 
 def _ints(text: str) -> list[int]:
@@ -23,12 +24,15 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(p) -> None:
-    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "hf-layers", "all"], default="all",
+    p.add_argument("--suite", choices=["forward", "decode", "ttt", "generate", "hf-layers", "train", "all"],
+                   default="all",
                    help="all = forward + decode + the TTT forms table; ttt = the TTT forms table, then forward "
                         "and decode of TTT-Linear, TTT-MLP and attention; generate = whole models decoding "
                         f"through sample() against their memory floor (default mixers {GENERATE_MIXERS}); hf-layers = the "
                         f"production mixers ({HF_MIXERS}) against the same layers of transformers' Qwen3-Next, "
-                        "Kimi Linear and MiniMax (their CPU torch paths), same weights, outputs checked equal first, at --lengths")
+                        "Kimi Linear and MiniMax (their CPU torch paths), same weights, outputs checked equal first, at "
+                        "--lengths; train = training tokens/s of whole models with and without torch.compile (default "
+                        f"mixers {TRAIN_MIXERS}, --sizes, --batches, --seq-len)")
     p.add_argument("--mixers", default=None,
                    help=f"comma-separated mixer names (see available_mixers()); default {DEFAULT_MIXERS} "
                         f"({TTT_MIXERS} for --suite ttt)")
@@ -49,6 +53,7 @@ def configure(p) -> None:
     p.add_argument("--compile", action="store_true", help="generate: also time the compiled decode step")
     p.add_argument("--weight-dtypes", default="", help="generate: also time the linear layers' weights in these "
                    "precisions, comma-separated: bfloat16, int8 (weight-only; states stay float32)")
+    p.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed block")
@@ -156,12 +161,15 @@ def _fmt_generate(rows: list[dict]) -> str:
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
-    default = {"ttt": TTT_MIXERS, "generate": GENERATE_MIXERS, "hf-layers": HF_MIXERS}.get(args.suite, DEFAULT_MIXERS)
+    default = {"ttt": TTT_MIXERS, "generate": GENERATE_MIXERS, "hf-layers": HF_MIXERS,
+               "train": TRAIN_MIXERS}.get(args.suite, DEFAULT_MIXERS)
     mixers = [m for m in (args.mixers or default).split(",") if m]
     if args.suite == "generate":
         return _run_generate(args, mixers)
     if args.suite == "hf-layers":
         return _run_hf_layers(args, mixers)
+    if args.suite == "train":
+        return _run_train(args, mixers)
     options = json.loads(args.mixer_options)
     official = load_official(args.ttt_official) if args.ttt_official and args.suite in ("ttt", "all") else None
     roof = measure_roofline()
@@ -241,6 +249,36 @@ def _run_hf_layers(args, mixers: list[str]) -> int:
                      f"{r['speedup']:.2f}× |")
     print(f"\none layer, batch 1, d_model {args.d_model}, {args.n_heads} heads of {args.d_model // args.n_heads}, "
           f"float32, no autograd, median [range] of {args.rounds} interleaved rounds:\n" + "\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _run_train(args, mixers: list[str]) -> int:
+    from seqmix.bench.train_speed import train_compile_suite
+
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}")
+    rows = []
+    for d_model, n_layers in _sizes(args.sizes):
+        for batch in args.batches:
+            rows += train_compile_suite(mixers, d_model, n_layers, args.n_heads, batch, args.seq_len, args.rounds,
+                                        args.min_time, lambda r: print(
+                                            f"  {r['mixer']:10s} d {r['d_model']} × {r['n_layers']} batch {r['batch']}: "
+                                            f"eager {r['eager_tokens_per_s']:,.0f}, compiled "
+                                            f"{r['compiled_tokens_per_s']:,.0f} tokens/s", flush=True))
+    lines = ["| mixer | model | batch × seq_len | eager tokens/s | compiled tokens/s | speed-up | first compiled step "
+             "| first-step loss difference |", "|---" * 8 + "|"]
+    for r in rows:
+        span = lambda k: f"{r[k + '_tokens_per_s']:,.0f} [{min(r[k + '_round_tokens_per_s']):,.0f}–"  # noqa: E731
+        lines.append(f"| {r['mixer']} | d {r['d_model']} × {r['n_layers']} | {r['batch']} × {r['seq_len']} | "
+                     f"{span('eager')}{max(r['eager_round_tokens_per_s']):,.0f}] | "
+                     f"{span('compiled')}{max(r['compiled_round_tokens_per_s']):,.0f}] | {r['speedup']:.2f}× | "
+                     f"{r['compile_s']:.0f} s | {r['first_loss_relative_difference']:.1e} |")
+    print(f"\ntraining steps (forward, backward, AdamW), float32, median [range] of {args.rounds} interleaved rounds "
+          f"{_fmt_load(rows)}:\n" + "\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = _from_hf(args.from_hf)
         model = model.to(args.device)
     else:
-        model, tokenizer = load_model(args.checkpoint, device=args.device)[0], None  # byte-level
+        model, ckpt = load_model(args.checkpoint, device=args.device)
+        tokenizer = ckpt.tokenizer()
     if args.dtype != "float32":
         model = low_precision_weights(model, args.dtype)
     prompts = [p for p in (args.prompt or ["ROMEO.\n"]) for _ in range(args.batch)]

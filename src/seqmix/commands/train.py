@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from seqmix.commands.options import byte_budget, tokenizer_vocab_size
+from seqmix.data.shards import MANIFEST, is_prepared
 from seqmix.train import NonFiniteError, OutOfMemory, TrainConfig, train
+from seqmix.train.config import DEFAULT_EVAL_BYTES, DEFAULT_FINAL_EVAL_BYTES
 
 # without --steps or --tokens the run is also capped in time: the default run must finish well inside
 # 10 minutes on 2 CPU cores, however fast the machine is
@@ -59,7 +62,14 @@ def configure(p: argparse.ArgumentParser) -> None:
                        ("--weight-decay", float), ("--grad-clip", float), ("--eval-interval", int),
                        ("--log-interval", int), ("--checkpoint-interval", int), ("--seed", int)):
         t.add_argument(flag, type=kind)
+    t.add_argument("--eval-bytes", type=byte_budget, default=argparse.SUPPRESS,
+                   help="validation bytes of every evaluation, periodic and final, or 'all' (default: "
+                        f"{DEFAULT_EVAL_BYTES} periodic, {DEFAULT_FINAL_EVAL_BYTES} final)")
     t.add_argument("--corpus", help="a text file, a directory of text files or a glob (default: Shakespeare)")
+    t.add_argument("--tokenizer",
+                   help="bytes (default), bpe:N (a byte-level BPE of N ids trained on the training split), or the "
+                        "path of a byte-level tokenizer.json or transformers tokenizer directory; the model's "
+                        "vocab_size follows it")
     t.add_argument("--out", help="run directory (default runs/<mixer>-<time>)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its saved settings")
@@ -78,6 +88,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="full: gathered into one file (default); sharded: one file per process")
     s.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
                    help="rows packed from whole documents and pieces, each starting from the zero state")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train through torch.compile (C++ kernels on CPU, Triton on a GPU; building takes a minute; "
+                        "without a compiler it says so and trains uncompiled)")
+    s.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write loss, learning rate, throughput and evaluations to <out>/tensorboard "
+                        "(needs the seqmix[tensorboard] extra)")
     s.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each block in the backward pass: less memory, about 1/3 more time")
 
@@ -95,13 +111,22 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     for name in ("mixer", "pattern", "d_model", "n_layers", "n_heads", "mixer_options", "ffn", "ffn_options"):
         if getattr(args, name) is not None:
             model[name] = getattr(args, name)
+    tokenizer = args.tokenizer
+    if tokenizer is None and not args.resume and is_prepared(args.corpus):  # the shards' own tokenizer
+        tokenizer = json.loads((Path(args.corpus) / MANIFEST).read_text(encoding="utf-8"))["tokenizer"]["name"]
+    if tokenizer is not None:
+        fields["tokenizer"] = tokenizer
+        model["vocab_size"] = tokenizer_vocab_size(tokenizer, args.corpus)
     if isinstance(args.pattern, list) and args.n_layers is None:
         model["n_layers"] = len(args.pattern)
     for name in ("steps", "tokens", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "grad_clip",
                  "eval_interval", "log_interval", "checkpoint_interval", "seed", "corpus", "device", "dtype",
-                 "on_nonfinite", "grad_accum", "parallel", "checkpoint_format", "pack", "activation_checkpointing"):
+                 "on_nonfinite", "grad_accum", "parallel", "checkpoint_format", "pack", "activation_checkpointing",
+                 "compile", "tensorboard"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
+    if "eval_bytes" in vars(args):  # given ('all' is None)
+        fields["eval_bytes"] = fields["final_eval_bytes"] = args.eval_bytes
     if args.steps is not None or args.tokens is not None:  # the flag given replaces a saved budget
         fields["tokens" if args.steps is not None else "steps"] = None
     if args.time_budget is not None:
@@ -145,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     m = config.model
     if main:
         print(f"seqmix train: {m.pattern or m.mixer}, d_model={m.d_model}, n_layers={m.n_layers}, n_heads={m.n_heads}; "
-              f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} bytes"
+              f"{config.total_steps} steps of {config.batch_size}x{config.seq_len} tokens ({config.tokenizer})"
               + (f", at most {config.time_budget:g} s" if config.time_budget else "")
               + (f"; {world} processes ({config.parallel})" if world > 1 else "")
               + f"; run directory {config.out_dir}", flush=True)
@@ -172,8 +197,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     val = result["val"]
     print(f"trained {result['parameters']:,} parameters for {result['steps']} steps ({result['tokens']:,} tokens) "
-          f"in {result['elapsed_s']:.0f} s, stopped by the {result['stopped_by'].replace('_', ' ')}; "
-          f"last training loss {result['train_loss'] / 0.6931471805599453:.3f} bits per byte")
-    print(f"validation: {result['val_bpb']:.4f} bits per byte ({val['bytes']:,} bytes, windows of {val['seq_len']})")
+          f"in {result['elapsed_s']:.1f} s (first step after {result['setup_s']:.1f} s of setup), stopped by the "
+          f"{result['stopped_by'].replace('_', ' ')}; "
+          f"last training loss {result['train_loss'] / 0.6931471805599453:.3f} bits per "
+          + ("byte" if config.tokenizer == "bytes" else "token"))
+    print(f"validation: {result['val_bpb']:.4f} bits per byte ({val['bytes']:,} bytes, windows of {val['seq_len']} "
+          "tokens)")
     print(f"checkpoint: {result['checkpoint']}")
     return 0

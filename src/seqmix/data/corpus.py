@@ -6,39 +6,19 @@ a directory (every non-hidden file below it) or a glob pattern. Every file must 
 A user corpus is split by file when that is possible: files are ordered by the sha256 of their name and
 taken for test, then validation, while each split stays under 10 % of the bytes, until each holds at least
 5 %. When that leaves a split empty (few or very uneven files), every file is instead cut into its first
-90 % (train), the next 5 % (validation) and the last 5 % (test).
+90 % (train), the next 5 % (validation) and the last 5 % (test), each cut moved to the next character.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-SPLITS = ("train", "validation", "test")
+from seqmix.data import shakespeare
+from seqmix.data.documents import SPLITS, Corpus, Document, char_boundary
+
 HELD_OUT_MIN, HELD_OUT_MAX = 0.05, 0.10
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str
-    data: bytes
-
-
-@dataclass
-class Corpus:
-    name: str
-    splits: dict[str, list[Document]]
-
-    def __getitem__(self, split: str) -> list[Document]:
-        if split not in self.splits:
-            raise ValueError(f"corpus split {split!r}: choose one of {list(self.splits)}")
-        return self.splits[split]
-
-    def summary(self) -> dict:
-        """Bytes and document names of every split."""
-        return {split: {"bytes": sum(len(d.data) for d in docs), "documents": [d.name for d in docs]}
-                for split, docs in self.splits.items()}
 
 
 def read_text_file(path: Path) -> bytes:
@@ -54,7 +34,7 @@ def read_text_file(path: Path) -> bytes:
     return data
 
 
-def _files(source: str) -> list[tuple[str, Path]]:
+def text_files(source: str) -> list[tuple[str, Path]]:
     """(document name, path) of every file a source names, sorted by name."""
     path = Path(source)
     if path.is_file():
@@ -71,38 +51,50 @@ def _files(source: str) -> list[tuple[str, Path]]:
     return [(m.as_posix(), m) for m in matches]
 
 
-def split_documents(documents: list[Document]) -> dict[str, list[Document]]:
-    """Deterministic train / validation / test split, by document when possible (see the module docstring)."""
-    total = sum(len(d.data) for d in documents)
+def split_plan(sizes: dict[str, int], cut: Callable[[str, int], int]) -> dict[str, list[tuple[str, int, int]]]:
+    """Deterministic train / validation / test split of named files of given sizes, by file when possible (see
+    the module docstring) -> split -> [(file name, start, end)] in file order. ``cut(name, offset)`` moves a
+    90/5/5 cut to a character boundary of that file."""
+    total = sum(sizes.values())
     held = {"test": [], "validation": []}
     train = []
-    for doc in sorted(documents, key=lambda d: hashlib.sha256(d.name.encode()).hexdigest()):
-        for split, docs in held.items():
-            size = sum(len(d.data) for d in docs)
-            if size < HELD_OUT_MIN * total and size + len(doc.data) <= HELD_OUT_MAX * total:
-                docs.append(doc)
+    for name in sorted(sizes, key=lambda n: hashlib.sha256(n.encode()).hexdigest()):
+        for split, names in held.items():
+            size = sum(sizes[n] for n in names)
+            if size < HELD_OUT_MIN * total and size + sizes[name] <= HELD_OUT_MAX * total:
+                names.append(name)
                 break
         else:
-            train.append(doc)
+            train.append(name)
+    order = {n: i for i, n in enumerate(sizes)}
     if held["test"] and held["validation"]:
-        order = {d.name: i for i, d in enumerate(documents)}
-        return {s: sorted(docs, key=lambda d: order[d.name])
-                for s, docs in (("train", train), ("validation", held["validation"]), ("test", held["test"]))}
+        return {s: [(n, 0, sizes[n]) for n in sorted(names, key=order.get)]
+                for s, names in (("train", train), ("validation", held["validation"]), ("test", held["test"]))}
     splits = {s: [] for s in SPLITS}
-    for doc in documents:
-        n = len(doc.data)
-        cuts = (0, round(0.9 * n), round(0.95 * n), n)
+    for name, n in sizes.items():
+        cuts = (0, cut(name, round(0.9 * n)), cut(name, round(0.95 * n)), n)
         for split, start, end in zip(SPLITS, cuts, cuts[1:]):
             if end > start:
-                splits[split].append(Document(f"{doc.name}[{start}:{end}]", doc.data[start:end]))
+                splits[split].append((name, start, end))
     return splits
+
+
+def piece_name(name: str, start: int, end: int, size: int) -> str:
+    """A document's name: its file's, with the byte range when it is a piece of the file."""
+    return name if (start, end) == (0, size) else f"{name}[{start}:{end}]"
+
+
+def split_documents(documents: list[Document]) -> dict[str, list[Document]]:
+    """``split_plan`` applied to documents in memory."""
+    data = {d.name: d.data for d in documents}
+    plan = split_plan({n: len(b) for n, b in data.items()}, lambda n, offset: char_boundary(data[n], offset))
+    return {s: [Document(piece_name(n, a, b, len(data[n])), data[n][a:b]) for n, a, b in pieces]
+            for s, pieces in plan.items()}
 
 
 def load_corpus(source: str | Path | None = None) -> Corpus:
     """The default Shakespeare corpus (``None`` or ``"shakespeare"``), or a file / directory / glob."""
     if source is None or (str(source) == "shakespeare" and not Path(source).exists()):
-        from seqmix.data import shakespeare
-
         return shakespeare.corpus()
-    documents = [Document(name, read_text_file(path)) for name, path in _files(str(source))]
+    documents = [Document(name, read_text_file(path)) for name, path in text_files(str(source))]
     return Corpus(str(source), split_documents(documents))

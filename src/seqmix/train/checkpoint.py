@@ -5,6 +5,7 @@ Layout of one checkpoint directory::
     model.safetensors    the weights (tied weights stored once)
     trainer.safetensors  optimiser moments and RNG states (only what resuming needs)
     config.json          {"model": ModelConfig, "train": TrainConfig} as dicts
+    tokenizer.json       the tokenizer the model reads (seqmix.data.tokenizer); absent: bytes
     meta.json            format, layout, step, data position, ... and the sha256 of every file above
 
 A *sharded* checkpoint (``meta["layout"] == "sharded"``, written by many processes at once) holds instead of
@@ -27,6 +28,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
+
+from seqmix.data.tokenizer import TOKENIZER_FILE, ByteTokenizer, from_json, save_tokenizer
 
 FORMAT = "seqmix-checkpoint/1"
 MODEL_FILE, TRAINER_FILE, CONFIG_FILE, META_FILE = "model.safetensors", "trainer.safetensors", "config.json", "meta.json"
@@ -74,13 +77,13 @@ def model_tensors(model: torch.nn.Module, state: dict[str, torch.Tensor] | None 
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module | dict[str, torch.Tensor], config: dict, meta: dict,
-                    trainer_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    trainer_tensors: dict[str, torch.Tensor] | None = None, tokenizer=None) -> Path:
     """Write a checkpoint directory atomically. ``model``: a module, or its tensors as ``model_tensors``
-    gives them. ``config`` and ``meta`` must be JSON-serialisable."""
+    gives them. ``config`` and ``meta`` must be JSON-serialisable; ``tokenizer`` (None: bytes) is saved too."""
     tmp = begin_checkpoint(directory)
     tensors = model_tensors(model) if isinstance(model, torch.nn.Module) else model
     save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT})
-    return commit_checkpoint(tmp, directory, config, {**meta, "layout": "full"}, trainer_tensors)
+    return commit_checkpoint(tmp, directory, config, {**meta, "layout": "full"}, trainer_tensors, tokenizer)
 
 
 def temporary(directory: str | Path, tag: str | None = None) -> Path:
@@ -103,11 +106,13 @@ def begin_checkpoint(directory: str | Path, tag: str | None = None) -> Path:
 
 
 def commit_checkpoint(tmp: Path, directory: str | Path, config: dict, meta: dict,
-                      trainer_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Add trainer tensors, config and meta (with the sha256 of every file in ``tmp``), flush, rename."""
+                      trainer_tensors: dict[str, torch.Tensor] | None = None, tokenizer=None) -> Path:
+    """Add trainer tensors, the tokenizer, config and meta (with the sha256 of every file in ``tmp``), flush,
+    rename."""
     directory = Path(directory)
     if trainer_tensors is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in trainer_tensors.items()}, tmp / TRAINER_FILE)
+    save_tokenizer(tokenizer or ByteTokenizer(), tmp)
     _write_json(tmp / CONFIG_FILE, config)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     _write_json(tmp / META_FILE, {**meta, "format": FORMAT, "sha256": files})
@@ -149,6 +154,18 @@ class Checkpoint:
         self.config = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
         self.model_tensors = load_file(d / MODEL_FILE) if self.layout == "full" else None
         self.trainer_tensors = load_file(d / TRAINER_FILE) if TRAINER_FILE in hashes else None
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.config.get("train", {}).get("tokenizer", "bytes")
+
+    def tokenizer(self):
+        """The tokenizer the model was trained with (bytes for a checkpoint that holds none), verified with
+        the other files."""
+        path = self.directory / TOKENIZER_FILE
+        if TOKENIZER_FILE not in self.meta["sha256"]:
+            return ByteTokenizer()
+        return from_json(path.read_text(encoding="utf-8"), self.tokenizer_name)
 
     def _stored_shapes(self) -> dict[str, tuple]:
         if self.layout == "full":

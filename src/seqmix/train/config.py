@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from seqmix.data.tokenizer import check_spec
 from seqmix.model import ModelConfig
 from seqmix.model.config import DictConfig
 
@@ -13,6 +14,10 @@ DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
 PARALLEL = ("ddp", "fsdp")
 CHECKPOINT_FORMATS = ("full", "sharded")
+# evaluation budgets in bytes of validation text: a periodic evaluation, and the final one (64 KiB: a few
+# seconds for the default model on 2 cores, on a corpus of any size; `seqmix eval --eval-bytes all` for all)
+DEFAULT_EVAL_BYTES = 32768
+DEFAULT_FINAL_EVAL_BYTES = 65536
 
 
 def default_model() -> ModelConfig:
@@ -37,11 +42,15 @@ class TrainConfig(DictConfig):
     sharded across processes). ``checkpoint_format``: "full" gathers everything into one file; "sharded"
     lets every process write its own shard (torch.distributed.checkpoint), for models too large to gather.
     ``pack``: rows are packed from whole documents and pieces (``data.PackedSampler``), each starting from
-    the zero state. ``activation_checkpointing`` recomputes each block in the backward pass.
+    the zero state. ``activation_checkpointing`` recomputes each block in the backward pass. ``compile``
+    runs the training forward and backward through torch.compile (inductor: C++ on CPU, Triton on a GPU; with
+    no compiler found it warns and trains uncompiled). ``tensorboard`` writes the log's scalars to
+    ``<out_dir>/tensorboard`` as well (needs the tensorboard package).
     """
 
     model: ModelConfig = field(default_factory=default_model)
     corpus: str | None = None  # None: the vendored Shakespeare; else a text file, directory or glob
+    tokenizer: str = "bytes"  # "bytes", "bpe:N" (trained on the training split) or a tokenizer.json path
     steps: int | None = None
     tokens: int | None = None
     time_budget: float | None = None
@@ -55,8 +64,8 @@ class TrainConfig(DictConfig):
     beta2: float = 0.95
     grad_clip: float | None = 1.0
     eval_interval: int = 250
-    eval_bytes: int | None = 32768  # validation bytes per periodic evaluation (None: all)
-    final_eval_bytes: int | None = None  # validation bytes for the final evaluation (None: all)
+    eval_bytes: int | None = DEFAULT_EVAL_BYTES  # validation bytes per periodic evaluation (None: all)
+    final_eval_bytes: int | None = DEFAULT_FINAL_EVAL_BYTES  # validation bytes for the final evaluation (None: all)
     log_interval: int = 10
     checkpoint_interval: int = 250
     keep_checkpoints: int = 2
@@ -70,6 +79,8 @@ class TrainConfig(DictConfig):
     checkpoint_format: str = "full"
     pack: bool = False
     activation_checkpointing: bool = False
+    compile: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -99,9 +110,12 @@ class TrainConfig(DictConfig):
                               ("parallel", PARALLEL), ("checkpoint_format", CHECKPOINT_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
-        for name in ("pack", "activation_checkpointing"):
+        for name in ("pack", "activation_checkpointing", "compile", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be True or False")
+        check_spec(self.tokenizer)
+        if self.tensorboard and self.out_dir is None:
+            raise ValueError("TrainConfig.tensorboard=True needs out_dir (the event files go to <out_dir>/tensorboard)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size} must be divisible by grad_accum="
                              f"{self.grad_accum} (the global batch is split into grad_accum micro-batches)")

@@ -33,18 +33,22 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from seqmix.data import IGNORE, BatchSampler, PackedSampler, load_corpus
+from seqmix.data import IGNORE, BatchSampler, PackedSampler
+from seqmix.data.prepare import open_corpus
+from seqmix.data.tokenizer import check_same
 from seqmix.eval import evaluate
 from seqmix.ffn.moe import auxiliary_loss
 from seqmix.model import SeqMixLM
 from seqmix.train import distributed
 from seqmix.train.checkpoint import (Checkpoint, begin_checkpoint, commit_checkpoint, latest, model_tensors,
                                      save_checkpoint, step_dir, temporary)
+from seqmix.train.compiled import compile_for_training
 from seqmix.train.config import TrainConfig
 from seqmix.train.distributed import Ranks
+from seqmix.train.tensorboard import TensorBoardLog
 
 # what must not change between a checkpoint and its resumption (the data stream and the weights' meaning)
-RESUME_FIELDS = ("model", "corpus", "batch_size", "seq_len", "seed", "pack")
+RESUME_FIELDS = ("model", "corpus", "tokenizer", "batch_size", "seq_len", "seed", "pack")
 
 
 class NonFiniteError(RuntimeError):
@@ -91,7 +95,8 @@ def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _save(directory: Path, config: TrainConfig, ranks: Ranks, model, wrapped, optimizer, meta: dict) -> None:
+def _save(directory: Path, config: TrainConfig, ranks: Ranks, model, wrapped, optimizer, meta: dict,
+          tokenizer) -> None:
     """Write one checkpoint; every rank calls it (gathering or writing shards), rank 0 writes the files."""
     configs = {"model": config.model.to_dict(), "train": config.to_dict()}
     meta = {**meta, "world_size": ranks.world_size, "parallel": config.parallel if ranks.distributed else None}
@@ -103,21 +108,25 @@ def _save(directory: Path, config: TrainConfig, ranks: Ranks, model, wrapped, op
         distributed.save_sharded(tmp, wrapped, optimizer)
         ranks.barrier()
         if ranks.main:
-            commit_checkpoint(tmp, directory, configs, {**meta, "layout": "sharded"}, _rng_tensors())
+            commit_checkpoint(tmp, directory, configs, {**meta, "layout": "sharded"}, _rng_tensors(), tokenizer)
     else:
         weights = distributed.full_model_state(wrapped)
         moments = distributed.full_optimizer_tensors(wrapped, optimizer)
         if ranks.main:
-            save_checkpoint(directory, model_tensors(model, weights), configs, meta, {**moments, **_rng_tensors()})
+            save_checkpoint(directory, model_tensors(model, weights), configs, meta, {**moments, **_rng_tensors()},
+                            tokenizer)
     ranks.barrier()
 
 
-def _restore(directory: Path, config: TrainConfig, model, wrapped, optimizer, sampler) -> tuple[int, int, float]:
+def _restore(directory: Path, config: TrainConfig, model, wrapped, optimizer, sampler,
+             tokenizer) -> tuple[int, int, float]:
     """Load a verified checkpoint into the run's objects -> (step, tokens, elapsed seconds)."""
     ckpt = Checkpoint(directory)  # every file's hash is checked before anything is loaded
     if ckpt.trainer_tensors is None or "train" not in ckpt.config:
         raise ValueError(f"cannot resume {directory}: it holds weights only, no training state")
     saved = TrainConfig.from_dict(ckpt.config["train"])
+    trained_with = ckpt.tokenizer()
+    check_same(trained_with.name, trained_with.sha256, tokenizer, f"checkpoint {directory}")
     changed = [f for f in RESUME_FIELDS if getattr(saved, f) != getattr(config, f)]
     if changed:
         raise ValueError(f"cannot resume {directory}: {', '.join(changed)} differ from the checkpoint's "
@@ -130,6 +139,17 @@ def _restore(directory: Path, config: TrainConfig, model, wrapped, optimizer, sa
     _restore_rng(ckpt.trainer_tensors)
     sampler.load_state_dict(ckpt.meta["data"])
     return ckpt.meta["step"], ckpt.meta["tokens"], ckpt.meta["elapsed_s"]
+
+
+def _check_tokenizer_spec(directory: Path, config: TrainConfig) -> None:
+    """Refuse, before any data is read, to resume a checkpoint with another tokenizer than its own."""
+    try:
+        saved = json.loads((directory / "config.json").read_text(encoding="utf-8"))["train"].get("tokenizer", "bytes")
+    except (OSError, ValueError, KeyError):
+        return  # an unreadable checkpoint is refused, with its reason, when it is loaded
+    if saved != config.tokenizer:
+        raise ValueError(f"cannot resume {directory}: it was trained with tokenizer {saved!r}, this run asks for "
+                         f"{config.tokenizer!r}; resume with --tokenizer {saved}")
 
 
 def _micro_rows(config: TrainConfig, ranks: Ranks) -> int:
@@ -176,7 +196,8 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
           progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``config.model`` and return a summary: ``model``, ``steps``, ``tokens``, ``elapsed_s``
     (training time, all sessions of a resumed run), ``train_loss`` (last step, nats), ``val_bpb`` and ``val``
-    (the evaluate() dict on ``final_eval_bytes`` of the validation split), ``stopped_by`` ("steps" or
+    (the evaluate() dict on ``final_eval_bytes`` of the validation split), ``setup_s`` (seconds before the first
+    step: reading or preparing the data, building the model, restoring), ``stopped_by`` ("steps" or
     "time_budget"), ``checkpoint`` (path or None), ``parameters``, ``world_size`` and ``history`` (this
     call's records).
 
@@ -199,14 +220,8 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
 
 def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bool,
            progress: Callable[[dict], None] | None) -> dict:
+    called = time.perf_counter()
     device = ranks.device
-    corpus = load_corpus(config.corpus)
-    torch.manual_seed(config.seed)  # every rank builds the same initial weights
-    model = SeqMixLM(config.model).to(device)
-    model.activation_checkpointing = config.activation_checkpointing
-    sampler = (PackedSampler if config.pack else BatchSampler)(corpus["train"], config.batch_size, config.seq_len,
-                                                               seed=config.seed)
-    step, tokens, elapsed_before = 0, 0, 0.0
     out = Path(config.out_dir) if config.out_dir is not None else None
     checkpoints = out / "checkpoints" if out is not None else None
     found = None
@@ -223,13 +238,32 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
         if found is not None and not resume:
             raise ValueError(f"{out} already holds a run (checkpoint {found.name}); resume it (resume=True, "
                              "--resume) or choose another out_dir")
+        if found is not None:
+            _check_tokenizer_spec(found, config)
+    if ranks.distributed and ranks.main:  # rank 0 prepares the shards (if any are needed), the others read them
+        open_corpus(config.corpus, config.tokenizer, out, quiet=quiet)
+    ranks.barrier()
+    corpus = open_corpus(config.corpus, config.tokenizer, out, quiet=quiet)
+    tokenizer = corpus.tokenizer
+    if config.model.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"the model's vocab_size={config.model.vocab_size} is smaller than tokenizer "
+                         f"{tokenizer.name}'s {tokenizer.vocab_size} ids; set ModelConfig(vocab_size="
+                         f"{tokenizer.vocab_size})")
+    torch.manual_seed(config.seed)  # every rank builds the same initial weights
+    model = SeqMixLM(config.model).to(device)
+    model.activation_checkpointing = config.activation_checkpointing
+    sampler = (PackedSampler if config.pack else BatchSampler)(corpus["train"], config.batch_size, config.seq_len,
+                                                               seed=config.seed)
+    step, tokens, elapsed_before = 0, 0, 0.0
     wrapped = distributed.wrap(model, config.parallel, ranks)
     optimizer = make_optimizer(model, config)  # after FSDP2 sharded the parameters
     if found is not None:
-        step, tokens, elapsed_before = _restore(found, config, model, wrapped, optimizer, sampler)
+        step, tokens, elapsed_before = _restore(found, config, model, wrapped, optimizer, sampler, tokenizer)
     if out is not None and ranks.main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     log = _Log(out / "log.jsonl" if out is not None and ranks.main else None, step if found is not None else None)
+    board = TensorBoardLog(out / "tensorboard") if config.tensorboard and ranks.main else None
+    forward = compile_for_training(wrapped, device) if config.compile else wrapped
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
     total = config.total_steps
@@ -240,6 +274,8 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
     def emit(record: dict) -> None:
         history.append(record)
         log.write(record)
+        if board is not None:
+            board.write(record)
         if progress is not None:
             progress(record)
 
@@ -256,7 +292,7 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
         if not ranks.max(float(directory.exists())):
             meta = {"step": step, "tokens": tokens, "elapsed_s": elapsed, "data": sampler.state_dict(),
                     "val_bpb": val_bpb, "parameters": model.num_parameters()}
-            _save(directory, config, ranks, model, wrapped, optimizer, meta)
+            _save(directory, config, ranks, model, wrapped, optimizer, meta, tokenizer)
             if ranks.main:
                 for old in sorted(checkpoints.glob("step_*"))[:-config.keep_checkpoints]:
                     shutil.rmtree(old)
@@ -264,6 +300,7 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
 
     bar = tqdm(total=total, initial=step, disable=quiet, unit="step", dynamic_ncols=True, desc="train")
     start = time.perf_counter()
+    setup_s = start - called  # data (preparing it if need be), model, checkpoint: before the first step
     elapsed = elapsed_before
     mark_time, mark_tokens = start, tokens
     stopped_by, loss_value = "steps", float("nan")
@@ -290,7 +327,7 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
         for m, (x, y, *packing) in enumerate(batches):
             with distributed.gradient_sync(wrapped, m == config.grad_accum - 1):
                 with autocast:
-                    logits = wrapped(x.to(device), cu_seqlens=packing[0] if packing else None)
+                    logits = forward(x.to(device), cu_seqlens=packing[0] if packing else None)
                 logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: softmax in float32
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
                                        ignore_index=IGNORE, reduction="sum")
@@ -342,7 +379,10 @@ def _train(config: TrainConfig, ranks: Ranks, rows: int, resume: bool, quiet: bo
     checkpoint = save()
     emit({"kind": "done", "step": step, "tokens": tokens, "elapsed_s": elapsed, "val_bpb": val_bpb,
           "val_bytes": val["bytes"], "stopped_by": stopped_by})
+    if board is not None:
+        board.close()
     return {"model": model, "steps": step, "tokens": tokens, "elapsed_s": elapsed, "train_loss": loss_value,
             "val_bpb": val_bpb, "val": val, "stopped_by": stopped_by,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
-            "parameters": model.num_parameters(), "world_size": ranks.world_size, "history": history}
+            "parameters": model.num_parameters(), "world_size": ranks.world_size, "history": history,
+            "setup_s": setup_s}
