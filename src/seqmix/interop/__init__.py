@@ -13,9 +13,9 @@
 
 Only the transformers-facing parts import transformers, and only when used.
 """
-from seqmix.interop import gated_delta  # registers its converters
+from seqmix.interop import gated_delta, mamba_hybrids  # register their converters
 
-del gated_delta
+del gated_delta, mamba_hybrids
 from seqmix.interop.convert import CONVERTERS, from_transformers
 from seqmix.interop.ttt_reference import from_ttt_reference
 
