@@ -2,13 +2,113 @@
 
 * ``FalconMambaForCausalLM``: Mamba blocks whose Δ_low, B and C pass through RMSNorms without scales
   (``mixer_rms_eps``) after x_proj -> mixer ``mamba`` with ``dt_bc_norm="rms"``; otherwise as Mamba.
+* ``JambaForCausalLM``: pre-norm blocks, x + mixer(norm x) then x + ffn(norm x); layer i is attention when
+  i % ``attn_layer_period`` == ``attn_layer_offset``, else Mamba, and its FFN a mixture of experts when
+  ``num_experts`` > 1 and i % ``expert_layer_period`` == ``expert_layer_offset``, else a SwiGLU of
+  ``intermediate_size``. What becomes what:
+  - Mamba with RMSNorms (with scales, eps ``rms_norm_eps``) of Δ_low, B and C -> mixer ``mamba`` with
+    ``dt_bc_norm="rms_weight"``;
+  - attention without positional encoding (the Mamba layers supply order), grouped key/value heads
+    -> mixer ``attention`` with ``rope=False``, ``n_kv_heads``; q, k, v stacked into our fused projection;
+  - MoE: softmax router, top ``num_experts_per_tok``, weights not renormalised, no shared expert -> ffn ``moe``
+    with ``normalize=False``, experts' stacked weights as they are.
+  Refused by name: an activation other than SiLU.
 """
 from __future__ import annotations
 
-from seqmix.interop.convert import _mamba, register_converter
+import torch
+
+from seqmix.interop.convert import _mamba, _tied, register_converter
+from seqmix.interop.gated_delta import _nothing_left, _refuse
 from seqmix.model import ModelConfig
 
 
 @register_converter("FalconMambaForCausalLM", "falcon_mamba")
 def falcon_mamba(hf) -> tuple[ModelConfig, dict]:
     return _mamba(hf, "FalconMambaForCausalLM", dt_bc_norm="rms", dt_bc_norm_eps=float(hf.config.mixer_rms_eps))
+
+
+def _require_silu(source: str, field: str, value) -> None:
+    if value not in ("silu", "swish"):
+        _refuse(source, field, value, "SiLU ('silu')")
+
+
+def _taker(hf):
+    """(take, what is left) over ``hf``'s state dict: take(name) removes the tensor and returns it;
+    take(name, optional=True) returns None when there is no such tensor (a bias a config leaves out)."""
+    state = dict(hf.state_dict())
+
+    def take(name: str, optional: bool = False) -> torch.Tensor | None:
+        return None if optional and name not in state else state.pop(name).detach()
+
+    return take, state
+
+
+def _present(tensors: dict) -> dict[str, torch.Tensor]:
+    return {name: t for name, t in tensors.items() if t is not None}
+
+
+def _attention(take, theirs: str, ours: str, bias: bool) -> dict[str, torch.Tensor]:
+    """Separate q, k, v, o projections -> our fused qkv and out."""
+    out = {}
+    for kind in ("weight", "bias") if bias else ("weight",):
+        out[ours + f"qkv.{kind}"] = torch.cat([take(theirs + f"{x}_proj.{kind}") for x in "qkv"])
+        out[ours + f"out.{kind}"] = take(theirs + f"o_proj.{kind}")
+    return out
+
+
+def _swiglu(take, theirs: str, ours: str, bias: bool = False) -> dict[str, torch.Tensor]:
+    out = {}
+    for kind in ("weight", "bias") if bias else ("weight",):
+        out[ours + f"gate_up.{kind}"] = torch.cat([take(theirs + f"gate_proj.{kind}"), take(theirs + f"up_proj.{kind}")])
+        out[ours + f"down.{kind}"] = take(theirs + f"down_proj.{kind}")
+    return out
+
+
+@register_converter("JambaForCausalLM", "jamba")
+def jamba(hf) -> tuple[ModelConfig, dict]:
+    c, source = hf.config, "JambaForCausalLM"
+    _require_silu(source, "hidden_act", c.hidden_act)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    attention = {"mixer": "attention", "options": dict(
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim, rope=False)}
+    mamba = {"mixer": "mamba", "options": dict(
+        expand=c.mamba_expand, d_state=c.mamba_d_state, d_conv=c.mamba_d_conv, dt_rank=int(c.mamba_dt_rank),
+        bias=bool(c.mamba_proj_bias), conv_bias=bool(c.mamba_conv_bias), dt_bc_norm="rms_weight",
+        dt_bc_norm_eps=c.rms_norm_eps)}
+    moe = {"ffn": "moe", "ffn_options": dict(
+        n_experts=c.num_experts, top_k=c.num_experts_per_tok, hidden=c.intermediate_size, normalize=False,
+        aux_loss_weight=float(c.router_aux_loss_coef))}
+    swiglu = {"ffn": "swiglu", "ffn_options": {"hidden": c.intermediate_size}}
+    kinds, experts = c.layers_block_type, c.layers_num_experts
+    pattern = [{**(attention if kind == "attention" else mamba), **(moe if e > 1 else swiglu)}
+               for kind, e in zip(kinds, experts)]
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
+                         pattern=pattern, norm_eps=c.rms_norm_eps,
+                         tie_embeddings=_tied(hf.lm_head.weight, hf.model.embed_tokens.weight))
+    take, left = _taker(hf)
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.final_layernorm.weight"),
+           "head.weight": take("lm_head.weight")}
+    for i, (kind, e) in enumerate(zip(kinds, experts)):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        out.update({b + "norm1.weight": take(p + "input_layernorm.weight"),
+                    b + "norm2.weight": take(p + "pre_ff_layernorm.weight")})
+        if kind == "attention":
+            out.update(_attention(take, p + "self_attn.", b + "mixer.", bias=False))
+        else:
+            m = p + "mamba."
+            for theirs, ours in (("conv1d", "conv.conv"), ("in_proj", "in_proj"), ("x_proj", "x_proj"),
+                                 ("dt_proj", "dt_proj"), ("out_proj", "out_proj"), ("dt_layernorm", "dt_norm"),
+                                 ("b_layernorm", "B_norm"), ("c_layernorm", "C_norm")):
+                out.update(_present({b + f"mixer.{ours}.{kind_}": take(m + f"{theirs}.{kind_}", optional=kind_ == "bias")
+                                     for kind_ in ("weight", "bias")}))
+            out.update({b + "mixer.A_log": take(m + "A_log"), b + "mixer.D": take(m + "D")})
+        f = p + "feed_forward."
+        if e > 1:
+            out.update({b + "ffn.router.weight": take(f + "router.weight"),
+                        b + "ffn.gate_up": take(f + "experts.gate_up_proj"), b + "ffn.down": take(f + "experts.down_proj")})
+        else:
+            out.update(_swiglu(take, f, b + "ffn."))
+    _nothing_left(left, source)
+    return config, out
+
