@@ -1,11 +1,14 @@
 """Converters of transformers' Mamba variants and Mamba hybrids (Falcon-Mamba, Jamba, ...): the transformers
 model is the oracle, through ``check_conversion`` (one shot, token by token against its own cached decode,
 and seqmix's decode exact in float64)."""
+import copy
+
 import pytest
 import torch
 
+from helpers import assert_rel_close, randomise
 from seqmix.interop import from_transformers
-from test_convert_hybrids import check_conversion
+from test_convert_hybrids import _hf_cached_decode, _seqmix_decode, check_conversion
 
 transformers = pytest.importorskip("transformers")
 
@@ -79,4 +82,67 @@ def test_jamba(overrides):
 def test_jamba_refuses_what_it_cannot_represent():
     with pytest.raises(ValueError, match="hidden_act='gelu'"):
         from_transformers(_jamba(hidden_act="gelu"))
+
+
+def _bamba(**overrides):
+    fields = dict(vocab_size=87, hidden_size=32, intermediate_size=40, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, attn_layer_indices=[2], mamba_n_heads=8, mamba_d_head=8, mamba_n_groups=2,
+                  mamba_d_state=6, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False)
+    return _build("Bamba", **{**fields, **overrides})
+
+
+BAMBA = {
+    "grouped-heads-partial-rope": {},
+    "tied-biases-attention-first-one-group": dict(
+        tie_word_embeddings=True, attention_bias=True, mlp_bias=True, mamba_proj_bias=True, mamba_conv_bias=False,
+        attn_layer_indices=[0, 2], num_hidden_layers=3, num_key_value_heads=4, mamba_n_heads=4, mamba_d_head=16,
+        mamba_n_groups=1, mamba_d_conv=3, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
+}
+
+
+@pytest.mark.parametrize("overrides", list(BAMBA.values()), ids=list(BAMBA))
+def test_bamba(overrides):
+    hf = _bamba(**overrides)
+    model = check_conversion(hf)
+    c = hf.config
+    assert [b.mixer.registered_name for b in model.blocks] == [
+        "attention" if kind == "full_attention" else "mamba2" for kind in c.layers_block_type]
+    attention = next(b.mixer for b in model.blocks if b.mixer.registered_name == "attention")
+    assert attention.rope_dims == attention.head_dim // 2  # Bamba rotates half of each head
+    assert model.config.tie_embeddings == c.tie_word_embeddings
+
+
+def check_against_forward(hf, seed: int = 1, length: int = 23, prefill: int = 9):
+    """``check_conversion`` for models whose cached decode in transformers is not its forward: one shot and
+    token by token through seqmix's state, both against transformers' forward (≤ 1e-5), and seqmix's decode
+    exact in float64. Returns transformers' own decode-vs-forward disagreement."""
+    randomise(hf, seed)
+    hf.eval()
+    tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reference = hf(tokens, use_cache=False).logits
+        model = from_transformers(hf)
+        assert_rel_close(model(tokens), reference, what="one shot")
+        assert_rel_close(_seqmix_decode(model, tokens, prefill), reference, what="token-by-token decode")
+        exact = copy.deepcopy(model).double()
+        assert_rel_close(_seqmix_decode(exact, tokens, prefill), exact(tokens), rtol=1e-12, what="float64 decode")
+        return assert_rel_close(_hf_cached_decode(hf, tokens, prefill), reference, rtol=float("inf"))
+
+
+def test_bamba_time_step_limit():
+    """transformers clamps Δ to ``time_step_limit`` in its chunked scan but not in its one-token step, so its
+    cached decode is not its forward when the limit binds; seqmix clamps in both, like the forward."""
+    theirs = check_against_forward(_bamba(time_step_limit=(0.05, 0.5)))
+    assert theirs > 1e-2, "transformers' decode now clamps Δ: use check_conversion here"
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
+])
+def test_bamba_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_bamba(**overrides))
 

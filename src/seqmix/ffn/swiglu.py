@@ -10,14 +10,15 @@ from seqmix.registry import POSITIVE, Annotated
 
 @register_ffn("swiglu")
 class SwiGLU(FFN):
-    """Hidden width ``hidden`` (default 8/3·d_model rounded up to a multiple of 8, Llama's choice). Stateless."""
+    """Hidden width ``hidden`` (default 8/3·d_model rounded up to a multiple of 8, Llama's choice); ``bias``:
+    biases on the three projections (off in Llama; Bamba's ``mlp_bias``). Stateless."""
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1,
-                 hidden: Annotated[int, POSITIVE] | None = None):
+                 hidden: Annotated[int, POSITIVE] | None = None, bias: bool = False):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
         hidden = hidden or 8 * ((8 * d_model // 3 + 7) // 8)
-        self.gate_up = Linear(d_model, 2 * hidden, bias=False)
-        self.down = Linear(hidden, d_model, bias=False)
+        self.gate_up = Linear(d_model, 2 * hidden, bias=bias)
+        self.down = Linear(hidden, d_model, bias=bias)
 
     def forward(self, x, state=None):
         gate, up = self.gate_up.parts(x, (self.down.in_features,) * 2)

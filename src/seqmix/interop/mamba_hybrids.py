@@ -13,6 +13,12 @@
   - MoE: softmax router, top ``num_experts_per_tok``, weights not renormalised, no shared expert -> ffn ``moe``
     with ``normalize=False``, experts' stacked weights as they are.
   Refused by name: an activation other than SiLU.
+* ``BambaForCausalLM``: the same pre-norm blocks, Mamba-2 everywhere except the ``attn_layer_indices`` layers,
+  a SwiGLU of ``intermediate_size`` after every mixer (biases when ``mlp_bias``). Mamba-2: ``mamba_n_heads``
+  heads of ``mamba_d_head`` channels in ``mamba_n_groups`` groups, gate then grouped RMSNorm, as ours ->
+  mixer ``mamba2``, tensors as they are; ``time_step_limit`` -> ``dt_limit``. Attention: RoPE on the first
+  ``partial_rotary_factor`` (0.5) of each head's channels, rotate-half pairing -> mixer ``attention`` with
+  ``rope_fraction``. Refused by name: an activation other than SiLU, a RoPE type other than "default".
 """
 from __future__ import annotations
 
@@ -65,6 +71,31 @@ def _swiglu(take, theirs: str, ours: str, bias: bool = False) -> dict[str, torch
     return out
 
 
+def _rope(source: str, c) -> dict:
+    """Attention options for the default RoPE of ``c.rope_parameters``; other types are refused."""
+    rope = dict(c.rope_parameters or {})
+    if rope.get("rope_type", "default") != "default":
+        _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE only")
+    return dict(rope_theta=float(rope.get("rope_theta", 10000.0)),
+                rope_fraction=float(rope.get("partial_rotary_factor", 1.0)))
+
+
+def _dt_limit(limit) -> list[float] | None:
+    limit = (0.0, float("inf")) if limit is None else tuple(float(v) for v in limit)
+    return None if limit == (0.0, float("inf")) else list(limit)
+
+
+def _mamba2(take, theirs: str, ours: str) -> dict[str, torch.Tensor]:
+    """transformers' Mamba-2 mixer tensors (the layout of ours) -> ours; absent biases are skipped."""
+    out = {ours + name: take(theirs + name) for name in ("in_proj.weight", "out_proj.weight", "norm.weight",
+                                                         "dt_bias", "A_log", "D")}
+    out[ours + "conv.conv.weight"] = take(theirs + "conv1d.weight")
+    out.update(_present({ours + "conv.conv.bias": take(theirs + "conv1d.bias", optional=True),
+                         ours + "in_proj.bias": take(theirs + "in_proj.bias", optional=True),
+                         ours + "out_proj.bias": take(theirs + "out_proj.bias", optional=True)}))
+    return out
+
+
 @register_converter("JambaForCausalLM", "jamba")
 def jamba(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "JambaForCausalLM"
@@ -109,6 +140,40 @@ def jamba(hf) -> tuple[ModelConfig, dict]:
                         b + "ffn.gate_up": take(f + "experts.gate_up_proj"), b + "ffn.down": take(f + "experts.down_proj")})
         else:
             out.update(_swiglu(take, f, b + "ffn."))
+    _nothing_left(left, source)
+    return config, out
+
+
+@register_converter("BambaForCausalLM", "bamba")
+def bamba(hf) -> tuple[ModelConfig, dict]:
+    c, source = hf.config, "BambaForCausalLM"
+    _require_silu(source, "hidden_act", c.hidden_act)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    attention = {"mixer": "attention", "options": dict(
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
+        bias=bool(c.attention_bias), **_rope(source, c))}
+    mamba2 = {"mixer": "mamba2", "options": dict(
+        n_heads=c.mamba_n_heads, expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
+        ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
+        conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
+    kinds = c.layers_block_type
+    pattern = [attention if kind == "full_attention" else mamba2 for kind in kinds]
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
+                         pattern=pattern, norm_eps=c.rms_norm_eps, ffn_options=dict(
+                             hidden=c.intermediate_size, bias=bool(c.mlp_bias)),
+                         tie_embeddings=_tied(hf.lm_head.weight, hf.model.embed_tokens.weight))
+    take, left = _taker(hf)
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.final_layernorm.weight"),
+           "head.weight": take("lm_head.weight")}
+    for i, kind in enumerate(kinds):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        out.update({b + "norm1.weight": take(p + "input_layernorm.weight"),
+                    b + "norm2.weight": take(p + "pre_ff_layernorm.weight")})
+        if kind == "full_attention":
+            out.update(_attention(take, p + "self_attn.", b + "mixer.", bias=c.attention_bias))
+        else:
+            out.update(_mamba2(take, p + "mamba.", b + "mixer."))
+        out.update(_swiglu(take, p + "feed_forward.", b + "ffn.", bias=c.mlp_bias))
     _nothing_left(left, source)
     return config, out
 
