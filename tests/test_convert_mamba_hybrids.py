@@ -146,3 +146,52 @@ def test_bamba_refuses_what_it_cannot_represent(overrides, field):
     with pytest.raises(ValueError, match=field):
         from_transformers(_bamba(**overrides))
 
+
+def _granite(**overrides):
+    fields = dict(vocab_size=89, hidden_size=32, intermediate_size=12, shared_intermediate_size=20, num_hidden_layers=4,
+                  layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+                  num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                  mamba_n_heads=8, mamba_d_head=8, mamba_n_groups=2, mamba_d_state=6, mamba_chunk_size=8,
+                  embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0625,
+                  logits_scaling=8.0, position_embedding_type="rope",
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False)
+    return _build("GraniteMoeHybrid", **{**fields, **overrides})
+
+
+GRANITE = {
+    "moe-shared-multipliers-rope": {},
+    "tied-nope-biases-multipliers": dict(
+        tie_word_embeddings=True, position_embedding_type=None, attention_bias=True, mamba_proj_bias=True,
+        mamba_conv_bias=False, num_key_value_heads=1, num_local_experts=3, num_experts_per_tok=1,
+        layer_types=["full_attention", "linear_attention", "full_attention"], num_hidden_layers=3,
+        embedding_multiplier=3.0, residual_multiplier=1.7, attention_multiplier=0.3, logits_scaling=0.5),
+    "dense-shared-mlp-only": dict(num_local_experts=0, mamba_n_groups=1, time_step_limit=(0.0, float("inf"))),
+    "moe-without-shared-mlp": dict(shared_intermediate_size=0),
+}
+
+
+@pytest.mark.parametrize("overrides", list(GRANITE.values()), ids=list(GRANITE))
+def test_granite_moe_hybrid(overrides):
+    hf = _granite(**overrides)
+    model = check_conversion(hf)
+    c = hf.config
+    assert [b.mixer.registered_name for b in model.blocks] == [
+        "attention" if kind == "full_attention" else "mamba2" for kind in c.layer_types]
+    attention = next(b.mixer for b in model.blocks if b.mixer.registered_name == "attention")
+    assert attention.rope_dims == (attention.head_dim if c.position_embedding_type == "rope" else 0)
+    ffn = model.blocks[0].ffn
+    assert type(ffn).__name__ == ("MoE" if c.num_local_experts else "SwiGLU")
+    if c.num_local_experts:
+        assert (ffn.shared is not None) == (c.shared_intermediate_size > 0)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
+    (dict(num_local_experts=0, shared_intermediate_size=0), "shared_intermediate_size=0"),
+    (dict(layer_types=["linear_attention", "sliding_attention", "linear_attention", "linear_attention"]),
+     r"layer_types\[1\]=.sliding_attention"),
+])
+def test_granite_moe_hybrid_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_granite(**overrides))

@@ -19,6 +19,17 @@
   mixer ``mamba2``, tensors as they are; ``time_step_limit`` -> ``dt_limit``. Attention: RoPE on the first
   ``partial_rotary_factor`` (0.5) of each head's channels, rotate-half pairing -> mixer ``attention`` with
   ``rope_fraction``. Refused by name: an activation other than SiLU, a RoPE type other than "default".
+* ``GraniteMoeHybridForCausalLM`` (Granite-4.0-H): Bamba's blocks and mixers by ``layer_types`` (attention with
+  RoPE when ``position_embedding_type == "rope"``, none otherwise); the FFN is a MoE of ``num_local_experts``
+  SwiGLU experts (softmax over the top-k logits = softmax, top k, renormalised) plus an ungated shared SwiGLU of
+  ``shared_intermediate_size`` -> ffn ``moe`` with ``shared_hidden``; the shared SwiGLU alone when there are
+  no experts. Its multipliers are folded into weights (linear algebra, exact up to rounding):
+  ``embedding_multiplier`` into the embeddings; ``residual_multiplier`` (x + r·f) into every mixer's output
+  projection and every FFN's down projections; ``attention_multiplier`` (the softmax scale in place of
+  1/√head_dim) into the query rows of the attention projection; ``logits_scaling`` (logits / s) into the final
+  norm's scales (also dividing out the embedding multiplier when the head is tied to the embeddings).
+  Refused by name: an activation other than SiLU, a RoPE type other than "default", a model with neither
+  experts nor a shared MLP.
 """
 from __future__ import annotations
 
@@ -177,3 +188,66 @@ def bamba(hf) -> tuple[ModelConfig, dict]:
     _nothing_left(left, source)
     return config, out
 
+
+@register_converter("GraniteMoeHybridForCausalLM", "granitemoehybrid")
+def granite_moe_hybrid(hf) -> tuple[ModelConfig, dict]:
+    c, source = hf.config, "GraniteMoeHybridForCausalLM"
+    _require_silu(source, "hidden_act", c.hidden_act)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    use_rope = c.position_embedding_type == "rope"
+    attention = {"mixer": "attention", "options": dict(
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
+        bias=bool(c.attention_bias), rope=use_rope, **(_rope(source, c) if use_rope else {}))}
+    mamba2 = {"mixer": "mamba2", "options": dict(
+        n_heads=c.mamba_n_heads, expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
+        ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
+        conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
+    experts = c.num_local_experts > 0
+    if not experts and not c.shared_intermediate_size:
+        _refuse(source, "shared_intermediate_size", 0, "a shared MLP when there are no experts")
+    ffn = dict(ffn="moe", ffn_options=dict(
+        n_experts=c.num_local_experts, top_k=c.num_experts_per_tok, hidden=c.intermediate_size,
+        shared_hidden=c.shared_intermediate_size, aux_loss_weight=float(c.router_aux_loss_coef))) if experts else \
+        dict(ffn="swiglu", ffn_options={"hidden": c.shared_intermediate_size})
+    kinds = c.layer_types[:c.num_hidden_layers]
+    pattern = []
+    for i, kind in enumerate(kinds):
+        if kind not in ("linear_attention", "full_attention"):
+            _refuse(source, f"layer_types[{i}]", kind, "'linear_attention' (Mamba-2) and 'full_attention' layers")
+        pattern.append(attention if kind == "full_attention" else mamba2)
+    tied = _tied(hf.lm_head.weight, hf.model.embed_tokens.weight)
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
+                         pattern=pattern, norm_eps=c.rms_norm_eps, tie_embeddings=tied, **ffn)
+    take, left = _taker(hf)
+    r, embed_scale = float(c.residual_multiplier), float(c.embedding_multiplier)
+    out = {"embed.weight": take("model.embed_tokens.weight") * embed_scale, "head.weight": take("lm_head.weight"),
+           "norm.weight": take("model.norm.weight") / float(c.logits_scaling) / (embed_scale if tied else 1.0)}
+    q_scale = float(c.attention_multiplier) * head_dim ** 0.5
+    for i, kind in enumerate(kinds):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        out.update({b + "norm1.weight": take(p + "input_layernorm.weight"),
+                    b + "norm2.weight": take(p + "post_attention_layernorm.weight")})
+        if kind == "full_attention":
+            attn = _attention(take, p + "self_attn.", b + "mixer.", bias=c.attention_bias)
+            q_rows = c.num_attention_heads * head_dim
+            for name in [n for n in attn if ".qkv." in n]:
+                attn[name] = torch.cat([attn[name][:q_rows] * q_scale, attn[name][q_rows:]])
+            out.update(_scaled(attn, (b + "mixer.out.weight", b + "mixer.out.bias"), r))
+        else:
+            out.update(_scaled(_mamba2(take, p + "mamba.", b + "mixer."),
+                               (b + "mixer.out_proj.weight", b + "mixer.out_proj.bias"), r))
+        gate_up, down = take(p + "shared_mlp.input_linear.weight"), take(p + "shared_mlp.output_linear.weight")
+        if c.shared_intermediate_size:  # (a shared MLP of width 0 adds 0)
+            f = b + ("ffn.shared." if experts else "ffn.")
+            out.update({f + "gate_up.weight": gate_up, f + "down.weight": down * r})
+        if experts:
+            m = p + "block_sparse_moe."
+            out.update({b + "ffn.router.weight": take(m + "router.weight"),
+                        b + "ffn.gate_up": take(m + "experts.gate_up_proj"), b + "ffn.down": take(m + "experts.down_proj") * r})
+    _nothing_left(left, source)
+    return config, out
+
+
+def _scaled(tensors: dict, names: tuple[str, ...], scale: float) -> dict[str, torch.Tensor]:
+    """`tensors` with those of `names` that are present multiplied by `scale`."""
+    return {name: t * scale if name in names else t for name, t in tensors.items()}
