@@ -195,3 +195,60 @@ def test_granite_moe_hybrid(overrides):
 def test_granite_moe_hybrid_refuses_what_it_cannot_represent(overrides, field):
     with pytest.raises(ValueError, match=field):
         from_transformers(_granite(**overrides))
+
+
+def _nemotron_h(**overrides):
+    fields = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                  layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention",
+                                     "linear_attention", "moe"],
+                  mamba_num_heads=4, mamba_head_dim=10, ssm_state_size=6, n_groups=2, conv_kernel=4, chunk_size=8,
+                  intermediate_size=40, n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=12,
+                  moe_shared_expert_intermediate_size=16, routed_scaling_factor=2.5, tie_word_embeddings=False)
+    hf = _build("NemotronH", **{**fields, **overrides})
+    for name, buffer in hf.named_buffers():  # the routers' selection biases are buffers, which randomise leaves
+        if name.endswith("e_score_correction_bias"):
+            buffer.copy_(0.3 * torch.randn(buffer.shape, generator=torch.Generator().manual_seed(7)))
+    return hf
+
+
+NEMOTRON_H = {
+    "mamba-moe-attention-mlp": {},
+    "tied-relu-mlp-biases-attention-first-no-renormalisation": dict(
+        layers_block_type=["full_attention", "mlp", "linear_attention", "linear_attention", "mlp", "full_attention"],
+        tie_word_embeddings=True, mlp_hidden_act="relu", mlp_bias=True, use_bias=True, use_conv_bias=False,
+        num_key_value_heads=1, n_groups=1, mamba_head_dim=16, layer_norm_epsilon=1e-6),
+    # (with an attention layer: transformers' cached decode of a model without one fails in its mask code)
+    "moe-without-renormalisation-width-not-a-multiple": dict(
+        layers_block_type=["linear_attention", "moe", "full_attention", "moe", "linear_attention"],
+        norm_topk_prob=False,
+        num_experts_per_tok=3, routed_scaling_factor=1.0, mamba_num_heads=3, mamba_head_dim=7, n_groups=3),
+}
+
+
+@pytest.mark.parametrize("overrides", list(NEMOTRON_H.values()), ids=list(NEMOTRON_H))
+def test_nemotron_h(overrides):
+    hf = _nemotron_h(**overrides)
+    model = check_conversion(hf)
+    kinds = hf.config.layers_block_type
+    names = {"linear_attention": "mamba2", "full_attention": "attention", "mlp": "MLP", "moe": "MoE"}
+    blocks = [[names[kinds[i]], None] for i in range(len(kinds)) if kinds[i] in ("linear_attention", "full_attention")]
+    for i, kind in enumerate(kinds):  # an FFN layer joins the block of the mixer layer before it
+        if kind in ("mlp", "moe"):
+            blocks[sum(k in ("linear_attention", "full_attention") for k in kinds[:i]) - 1][1] = names[kind]
+    assert [[b.mixer.registered_name, b.ffn and type(b.ffn).__name__] for b in model.blocks] == blocks
+    assert all(b.mixer.rope_dims == 0 for b in model.blocks if b.mixer.registered_name == "attention")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(layers_block_type=["linear_attention", "mlp", "moe"]), r"layers_block_type\[2\]='moe'"),
+    (dict(layers_block_type=["mlp", "linear_attention"]), r"layers_block_type\[0\]='mlp'"),
+    (dict(mamba_hidden_act="gelu"), "mamba_hidden_act='gelu'"),
+    (dict(mlp_hidden_act="tanh"), "mlp_hidden_act='tanh'"),
+    (dict(mlp_hidden_act="silu"), "mlp_hidden_act='silu'"),  # fine for MLP layers, not for relu²-only MoE
+    (dict(moe_latent_size=8), "moe_latent_size=8"),
+    (dict(n_group=2, topk_group=1), "topk_group=1"),
+    (dict(mlp_bias=True), "mlp_bias=True"),
+])
+def test_nemotron_h_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_nemotron_h(**overrides))

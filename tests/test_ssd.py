@@ -113,6 +113,7 @@ def test_groups_must_divide_heads():
 @pytest.mark.parametrize("options", [
     dict(d_state=8, chunk_size=5),                           # heads from n_heads (2 heads of 16)
     dict(d_state=4, headdim=4, ngroups=2, chunk_size=8),     # 8 heads in 2 groups
+    dict(d_state=4, d_inner=21, headdim=7, chunk_size=4),   # a width that is no multiple of d_model: 3 heads
 ])
 def test_mamba2_any_split(options):
     assert_any_split(ModelConfig(mixer="mamba2", d_model=16, n_layers=2, n_heads=2, mixer_options=options))
@@ -128,11 +129,14 @@ def test_mamba2_structure_and_state():
     assert state["conv"].shape == (3, 3, 96) and state["ssm"].shape == (3, 4, 8, 16)
     y, new = m(torch.randn(3, 1, 32), state)
     assert y.shape == (3, 1, 32) and new["ssm"].shape == (3, 4, 8, 16)
+    explicit = Mamba2(32, 2, d_state=8, headdim=10, d_inner=50, expand=7)  # d_inner wins over expand
+    assert explicit.d_inner == 50 and explicit.heads == 5 and explicit.out_proj.in_features == 50
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(headdim=5), "headdim=5"), (dict(ngroups=3), "ngroups=3"), (dict(d_state=0), "d_state=0"),
-    (dict(chunk_size=-1), "chunk_size=-1"), (dict(dt_limit=(-0.1, 1.0)), r"dt_limit=\(-0.1, 1.0\)"),
+    (dict(chunk_size=-1), "chunk_size=-1"), (dict(d_inner=0), "d_inner=0"), (dict(d_inner=20, headdim=8), "headdim=8"),
+    (dict(dt_limit=(-0.1, 1.0)), r"dt_limit=\(-0.1, 1.0\)"),
 ])
 def test_mamba2_bad_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):

@@ -30,6 +30,17 @@
   norm's scales (also dividing out the embedding multiplier when the head is tied to the embeddings).
   Refused by name: an activation other than SiLU, a RoPE type other than "default", a model with neither
   experts nor a shared MLP.
+* ``NemotronHForCausalLM``: every layer is one pre-norm sub-layer x + f(norm x), f by ``layers_block_type``:
+  Mamba-2 ("linear_attention", width ``mamba_num_heads · mamba_head_dim``), attention without positions or
+  biases ("full_attention"), an ungated MLP ("mlp": W_down act(W_up x), act ``mlp_hidden_act``, relu² by
+  default) or a MoE ("moe": sigmoid router with a selection bias, top ``num_experts_per_tok``, renormalised
+  when ``norm_topk_prob``, times ``routed_scaling_factor``, ungated relu² experts and one ungated shared
+  expert). An MLP or MoE layer becomes the FFN of the block of the mixer layer before it (the same residual
+  stream, its own norm): mixer ``mamba2`` with ``d_inner`` / ``attention`` with ``rope=False``, ffn ``mlp`` /
+  ``moe`` with ``expert="relu2"`` and ``selection_bias``, or ffn ``"none"`` where no FFN layer follows.
+  Refused by name: an FFN layer that does not follow a mixer layer, a Mamba activation other than SiLU, an
+  MLP activation other than relu², relu, GELU and SiLU (relu² alone with MoE), group-limited routing
+  (``topk_group < n_group``), latent MoE projections (``moe_latent_size``), MoE with ``mlp_bias``.
 """
 from __future__ import annotations
 
@@ -77,7 +88,7 @@ def _attention(take, theirs: str, ours: str, bias: bool) -> dict[str, torch.Tens
 def _swiglu(take, theirs: str, ours: str, bias: bool = False) -> dict[str, torch.Tensor]:
     out = {}
     for kind in ("weight", "bias") if bias else ("weight",):
-        out[ours + f"gate_up.{kind}"] = torch.cat([take(theirs + f"gate_proj.{kind}"), take(theirs + f"up_proj.{kind}")])
+        out[ours + f"gate_up.{kind}"] = torch.cat([take(theirs + f"{x}_proj.{kind}") for x in ("gate", "up")])
         out[ours + f"down.{kind}"] = take(theirs + f"down_proj.{kind}")
     return out
 
@@ -142,13 +153,14 @@ def jamba(hf) -> tuple[ModelConfig, dict]:
             for theirs, ours in (("conv1d", "conv.conv"), ("in_proj", "in_proj"), ("x_proj", "x_proj"),
                                  ("dt_proj", "dt_proj"), ("out_proj", "out_proj"), ("dt_layernorm", "dt_norm"),
                                  ("b_layernorm", "B_norm"), ("c_layernorm", "C_norm")):
-                out.update(_present({b + f"mixer.{ours}.{kind_}": take(m + f"{theirs}.{kind_}", optional=kind_ == "bias")
-                                     for kind_ in ("weight", "bias")}))
+                out.update(_present({b + f"mixer.{ours}.{x}": take(m + f"{theirs}.{x}", optional=x == "bias")
+                                     for x in ("weight", "bias")}))
             out.update({b + "mixer.A_log": take(m + "A_log"), b + "mixer.D": take(m + "D")})
         f = p + "feed_forward."
         if e > 1:
             out.update({b + "ffn.router.weight": take(f + "router.weight"),
-                        b + "ffn.gate_up": take(f + "experts.gate_up_proj"), b + "ffn.down": take(f + "experts.down_proj")})
+                        b + "ffn.gate_up": take(f + "experts.gate_up_proj"),
+                        b + "ffn.down": take(f + "experts.down_proj")})
         else:
             out.update(_swiglu(take, f, b + "ffn."))
     _nothing_left(left, source)
@@ -164,7 +176,7 @@ def bamba(hf) -> tuple[ModelConfig, dict]:
         n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
         bias=bool(c.attention_bias), **_rope(source, c))}
     mamba2 = {"mixer": "mamba2", "options": dict(
-        n_heads=c.mamba_n_heads, expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
+        expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
         ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
         conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
     kinds = c.layers_block_type
@@ -199,7 +211,7 @@ def granite_moe_hybrid(hf) -> tuple[ModelConfig, dict]:
         n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
         bias=bool(c.attention_bias), rope=use_rope, **(_rope(source, c) if use_rope else {}))}
     mamba2 = {"mixer": "mamba2", "options": dict(
-        n_heads=c.mamba_n_heads, expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
+        expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
         ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
         conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
     experts = c.num_local_experts > 0
@@ -243,7 +255,8 @@ def granite_moe_hybrid(hf) -> tuple[ModelConfig, dict]:
         if experts:
             m = p + "block_sparse_moe."
             out.update({b + "ffn.router.weight": take(m + "router.weight"),
-                        b + "ffn.gate_up": take(m + "experts.gate_up_proj"), b + "ffn.down": take(m + "experts.down_proj") * r})
+                        b + "ffn.gate_up": take(m + "experts.gate_up_proj"),
+                        b + "ffn.down": take(m + "experts.down_proj") * r})
     _nothing_left(left, source)
     return config, out
 
@@ -251,3 +264,73 @@ def granite_moe_hybrid(hf) -> tuple[ModelConfig, dict]:
 def _scaled(tensors: dict, names: tuple[str, ...], scale: float) -> dict[str, torch.Tensor]:
     """`tensors` with those of `names` that are present multiplied by `scale`."""
     return {name: t * scale if name in names else t for name, t in tensors.items()}
+
+
+@register_converter("NemotronHForCausalLM", "nemotron_h")
+def nemotron_h(hf) -> tuple[ModelConfig, dict]:
+    c, source = hf.config, "NemotronHForCausalLM"
+    kinds = list(c.layers_block_type)
+    _require_silu(source, "mamba_hidden_act", c.mamba_hidden_act)
+    if c.mlp_hidden_act not in ("relu2", "relu", "gelu", "silu"):
+        _refuse(source, "mlp_hidden_act", c.mlp_hidden_act, "'relu2', 'relu', 'gelu' and 'silu'")
+    if "moe" in kinds:
+        for field, value, ok, allowed in (
+                ("mlp_hidden_act", c.mlp_hidden_act, c.mlp_hidden_act == "relu2", "relu² experts ('relu2')"),
+                ("moe_latent_size", c.moe_latent_size, c.moe_latent_size is None, "experts without latent projections"),
+                ("topk_group", c.topk_group, c.topk_group >= c.n_group, "routing without group limits"),
+                ("mlp_bias", c.mlp_bias, not c.mlp_bias, "MoE layers without biases")):
+            if not ok:
+                _refuse(source, field, value, allowed)
+    mamba2 = {"mixer": "mamba2", "options": dict(
+        d_inner=c.mamba_num_heads * c.mamba_head_dim, headdim=c.mamba_head_dim,
+        d_state=c.ssm_state_size, ngroups=c.n_groups, d_conv=c.conv_kernel, bias=bool(c.use_bias),
+        conv_bias=bool(c.use_conv_bias), norm_eps=c.layer_norm_epsilon, dt_limit=_dt_limit(c.time_step_limit))}
+    attention = {"mixer": "attention", "options": dict(
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, rope=False)}
+    ffns = {"mlp": dict(ffn="mlp", ffn_options=dict(hidden=c.intermediate_size, activation=c.mlp_hidden_act,
+                                                     bias=bool(c.mlp_bias))),
+            "moe": dict(ffn="moe", ffn_options=dict(
+                n_experts=c.n_routed_experts, top_k=c.num_experts_per_tok, hidden=c.moe_intermediate_size,
+                score="sigmoid", selection_bias=True, normalize=bool(c.norm_topk_prob),
+                scale=float(c.routed_scaling_factor), shared_hidden=c.moe_shared_expert_intermediate_size,
+                expert="relu2", aux_loss_weight=0.0))}
+    blocks: list[list] = []  # [mixer layer, FFN layer or None] per seqmix block
+    for i, kind in enumerate(kinds):
+        if kind in ("linear_attention", "full_attention"):
+            blocks.append([i, None])
+        elif kind in ffns and blocks and blocks[-1][1] is None:
+            blocks[-1][1] = i
+        else:
+            _refuse(source, f"layers_block_type[{i}]", kind, "Mamba-2 and attention layers, each followed by at "
+                    "most one MLP or MoE layer")
+    pattern = [{**(mamba2 if kinds[m] == "linear_attention" else attention),
+                **(ffns[kinds[f]] if f is not None else {"ffn": "none"})} for m, f in blocks]
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=len(blocks), n_heads=1,
+                         pattern=pattern, norm_eps=c.layer_norm_epsilon,
+                         tie_embeddings=_tied(hf.lm_head.weight, hf.model.embeddings.weight))
+    take, left = _taker(hf)
+    out = {"embed.weight": take("model.embeddings.weight"), "norm.weight": take("model.norm_f.weight"),
+           "head.weight": take("lm_head.weight")}
+    for j, (m, f) in enumerate(blocks):
+        b, p = f"blocks.{j}.", f"model.layers.{m}."
+        out[b + "norm1.weight"] = take(p + "norm.weight")
+        if kinds[m] == "linear_attention":
+            out.update(_mamba2(take, p + "mixer.", b + "mixer."))
+        else:
+            out.update(_attention(take, p + "mixer.", b + "mixer.", bias=False))
+        if f is None:
+            continue
+        p = f"model.layers.{f}."
+        out[b + "norm2.weight"] = take(p + "norm.weight")
+        if kinds[f] == "mlp":
+            out.update(_present({b + f"ffn.{x}.{kind}": take(p + f"mixer.{x}_proj.{kind}", optional=kind == "bias")
+                                 for x in ("up", "down") for kind in ("weight", "bias")}))
+        else:
+            e = p + "mixer."
+            out.update({b + "ffn.router.weight": take(e + "gate.weight"),
+                        b + "ffn.selection_bias": take(e + "gate.e_score_correction_bias"),
+                        b + "ffn.gate_up": take(e + "experts.up_proj"), b + "ffn.down": take(e + "experts.down_proj"),
+                        b + "ffn.shared.up.weight": take(e + "shared_experts.up_proj.weight"),
+                        b + "ffn.shared.down.weight": take(e + "shared_experts.down_proj.weight")})
+    _nothing_left(left, source)
+    return config, out

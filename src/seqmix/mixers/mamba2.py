@@ -17,7 +17,8 @@ class Mamba2(Mixer):
     """x -> in_proj -> [z, u, B, C, Δ]; [u, B, C] -> causal depthwise conv -> SiLU;
     y = SSD(u, softplus(Δ + dt_bias), A, B, C) + D u per head; y -> RMSNorm(y · SiLU(z)) -> out_proj.
 
-    Options: ``expand`` (d_inner = int(expand · d_model)), ``d_state`` (N), ``headdim`` (P; None = d_inner /
+    Options: ``expand`` (d_inner = int(expand · d_model)), ``d_inner`` (the width itself, in place of expand:
+    Nemotron-H's heads · headdim), ``d_state`` (N), ``headdim`` (P; None = d_inner /
     n_heads, so the model's ``n_heads`` sets the number of SSM heads; otherwise heads = d_inner / headdim),
     ``ngroups`` (G groups of heads sharing B and C, like grouped-query attention; must divide the heads),
     ``d_conv`` (conv width), ``dt_min``/``dt_max`` (range of the initial Δ), ``chunk_size`` (SSD chunk),
@@ -34,9 +35,10 @@ class Mamba2(Mixer):
                  d_conv: Annotated[int, POSITIVE] = 4, dt_min: Annotated[float, POSITIVE] = 1e-3,
                  dt_max: Annotated[float, POSITIVE] = 1e-1, chunk_size: Annotated[int, POSITIVE] = 64,
                  dt_limit: tuple[Annotated[float, NON_NEGATIVE], float] | None = None, bias: bool = False,
-                 conv_bias: bool = True, norm_eps: Annotated[float, POSITIVE] = 1e-5):
+                 conv_bias: bool = True, norm_eps: Annotated[float, POSITIVE] = 1e-5,
+                 d_inner: Annotated[int, POSITIVE] | None = None):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        d_inner = inner_width("mamba2", expand, d_model)
+        d_inner = d_inner or inner_width("mamba2", expand, d_model)
         if dt_limit is not None:
             if not dt_limit[0] < dt_limit[1]:
                 raise ValueError(f"mamba2 option dt_limit={dt_limit!r}: need low < high")
@@ -44,11 +46,11 @@ class Mamba2(Mixer):
         self.dt_limit = dt_limit
         if headdim is None:
             if d_inner % n_heads:
-                raise ValueError(f"mamba2: d_inner = int(expand·d_model) = {d_inner} is not divisible by "
+                raise ValueError(f"mamba2: d_inner = {d_inner} is not divisible by "
                                  f"n_heads={n_heads}; set the option headdim")
             headdim = d_inner // n_heads
         if d_inner % headdim:
-            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = int(expand·d_model) = {d_inner}")
+            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = {d_inner}")
         H = d_inner // headdim
         if H % ngroups:
             raise ValueError(f"mamba2 option ngroups={ngroups}: must divide the number of heads {H}")
