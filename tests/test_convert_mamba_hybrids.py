@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import assert_rel_close, randomise
-from seqmix.interop import from_transformers
+from seqmix.interop import from_transformers, load_pretrained
 from test_convert_hybrids import _hf_cached_decode, _seqmix_decode, check_conversion
 
 transformers = pytest.importorskip("transformers")
@@ -252,3 +252,57 @@ def test_nemotron_h(overrides):
 def test_nemotron_h_refuses_what_it_cannot_represent(overrides, field):
     with pytest.raises(ValueError, match=field):
         from_transformers(_nemotron_h(**overrides))
+
+
+def _falcon_h1(**overrides):
+    fields = dict(vocab_size=83, hidden_size=32, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, mamba_d_ssm=48, mamba_n_heads=6, mamba_d_head=8, mamba_n_groups=2,
+                  mamba_d_state=6, mamba_chunk_size=8, mamba_rms_norm=False,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
+                  embedding_multiplier=5.0, lm_head_multiplier=0.25, mlp_multipliers=[0.7, 1.6], key_multiplier=1.9,
+                  attention_in_multiplier=0.8, attention_out_multiplier=1.3,
+                  ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 2.0], ssm_in_multiplier=1.4, ssm_out_multiplier=0.6)
+    return _build("FalconH1", **{**fields, **overrides})
+
+
+FALCON_H1 = {
+    "no-mamba-norm-multipliers": {},
+    "tied-norm-before-gate-biases": dict(
+        tie_word_embeddings=True, mamba_rms_norm=True, mamba_norm_before_gate=True, attention_bias=True,
+        mlp_bias=True, mamba_proj_bias=True, projectors_bias=True, mamba_conv_bias=False, num_key_value_heads=1,
+        mamba_n_groups=1, mamba_d_ssm=None, mamba_expand=2, mamba_n_heads=4, mamba_d_head=16),
+    "gate-then-norm": dict(mamba_rms_norm=True, mamba_norm_before_gate=False, num_key_value_heads=4),
+}
+
+
+@pytest.mark.parametrize("overrides", list(FALCON_H1.values()), ids=list(FALCON_H1))
+def test_falcon_h1(overrides):
+    hf = _falcon_h1(**overrides)
+    model = check_conversion(hf)
+    c = hf.config
+    mamba, attention = model.blocks[0].mixer.mixers
+    expected = "gate_only" if not c.mamba_rms_norm else "norm_then_gate" if c.mamba_norm_before_gate else \
+        "gate_then_norm"
+    assert (mamba.registered_name, attention.registered_name, mamba.gate_norm) == ("mamba2", "attention", expected)
+    assert mamba.d_inner == (c.mamba_d_ssm or 64) and attention.rope_dims == attention.head_dim
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    (dict(projectors_bias=True), "projectors_bias=True"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
+])
+def test_falcon_h1_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_falcon_h1(**overrides))
+
+
+@pytest.mark.parametrize("build", [_falcon_mamba, _jamba, _bamba, _granite, _nemotron_h, _falcon_h1],
+                         ids=lambda b: b.__name__.strip("_"))
+def test_load_pretrained_takes_every_model_type(build, tmp_path):
+    hf = build()
+    randomise(hf, 2)
+    hf.save_pretrained(tmp_path)
+    tokens = torch.randint(0, hf.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_rel_close(load_pretrained(tmp_path)(tokens), hf.eval()(tokens).logits, what="loaded from the directory")

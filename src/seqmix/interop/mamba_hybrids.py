@@ -41,6 +41,17 @@
   Refused by name: an FFN layer that does not follow a mixer layer, a Mamba activation other than SiLU, an
   MLP activation other than relu², relu, GELU and SiLU (relu² alone with MoE), group-limited routing
   (``topk_group < n_group``), latent MoE projections (``moe_latent_size``), MoE with ``mlp_bias``.
+* ``FalconH1ForCausalLM``: pre-norm blocks x + [Mamba-2(h) + attention(h)] with h = norm x, then x + SwiGLU(norm x)
+  -> mixer ``parallel`` of ``mamba2`` (``d_inner`` = ``mamba_d_ssm``; its output norm per ``mamba_rms_norm`` and
+  ``mamba_norm_before_gate`` -> ``gate_norm``) and ``attention`` (RoPE on every channel). Its multipliers are
+  folded into weights (exact algebra, as for Granite): ``embedding_multiplier`` into the embeddings,
+  ``lm_head_multiplier`` into the final norm's scales (divided by the embedding multiplier when tied);
+  ``ssm_in_multiplier`` and the per-section ``ssm_multipliers`` (the z, x, B, C, Δ rows, transformers'
+  ``mup_vector``) into in_proj, ``ssm_out_multiplier`` into out_proj; ``attention_in_multiplier`` into the
+  q, k and v weights, ``key_multiplier`` into the k rows, ``attention_out_multiplier`` into the output
+  projection; ``mlp_multipliers`` (gate, down) into the gate rows and the down projection.
+  Refused by name: an activation other than SiLU, a RoPE type other than "default" or partial RoPE,
+  ``projectors_bias`` different from ``mamba_proj_bias`` (ours has one bias setting for both projections).
 """
 from __future__ import annotations
 
@@ -108,11 +119,11 @@ def _dt_limit(limit) -> list[float] | None:
 
 
 def _mamba2(take, theirs: str, ours: str) -> dict[str, torch.Tensor]:
-    """transformers' Mamba-2 mixer tensors (the layout of ours) -> ours; absent biases are skipped."""
-    out = {ours + name: take(theirs + name) for name in ("in_proj.weight", "out_proj.weight", "norm.weight",
-                                                         "dt_bias", "A_log", "D")}
+    """transformers' Mamba-2 mixer tensors (the layout of ours) -> ours; absent biases and norm are skipped."""
+    out = {ours + name: take(theirs + name) for name in ("in_proj.weight", "out_proj.weight", "dt_bias", "A_log", "D")}
     out[ours + "conv.conv.weight"] = take(theirs + "conv1d.weight")
-    out.update(_present({ours + "conv.conv.bias": take(theirs + "conv1d.bias", optional=True),
+    out.update(_present({ours + "norm.weight": take(theirs + "norm.weight", optional=True),
+                         ours + "conv.conv.bias": take(theirs + "conv1d.bias", optional=True),
                          ours + "in_proj.bias": take(theirs + "in_proj.bias", optional=True),
                          ours + "out_proj.bias": take(theirs + "out_proj.bias", optional=True)}))
     return out
@@ -332,5 +343,67 @@ def nemotron_h(hf) -> tuple[ModelConfig, dict]:
                         b + "ffn.gate_up": take(e + "experts.up_proj"), b + "ffn.down": take(e + "experts.down_proj"),
                         b + "ffn.shared.up.weight": take(e + "shared_experts.up_proj.weight"),
                         b + "ffn.shared.down.weight": take(e + "shared_experts.down_proj.weight")})
+    _nothing_left(left, source)
+    return config, out
+
+
+@register_converter("FalconH1ForCausalLM", "falcon_h1")
+def falcon_h1(hf) -> tuple[ModelConfig, dict]:
+    c, source = hf.config, "FalconH1ForCausalLM"
+    _require_silu(source, "hidden_act", c.hidden_act)
+    rope = _rope(source, c)
+    if rope.pop("rope_fraction") != 1.0:
+        _refuse(source, "rope_parameters['partial_rotary_factor']", c.rope_parameters["partial_rotary_factor"],
+                "RoPE on every channel")
+    if bool(c.projectors_bias) != bool(c.mamba_proj_bias):
+        _refuse(source, "projectors_bias", c.projectors_bias, f"the same as mamba_proj_bias={c.mamba_proj_bias}")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    d_inner = c.mamba_d_ssm if c.mamba_d_ssm is not None else int(c.mamba_expand * c.hidden_size)
+    mamba2 = {"mixer": "mamba2", "options": dict(
+        d_inner=d_inner, headdim=c.mamba_d_head, d_state=c.mamba_d_state, ngroups=c.mamba_n_groups,
+        d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias), conv_bias=bool(c.mamba_conv_bias),
+        norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit),
+        gate_norm="gate_only" if not c.mamba_rms_norm else "norm_then_gate" if c.mamba_norm_before_gate
+        else "gate_then_norm")}
+    attention = {"mixer": "attention", "options": dict(
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
+        bias=bool(c.attention_bias), **rope)}
+    tied = _tied(hf.lm_head.weight, hf.model.embed_tokens.weight)
+    parallel = {"mixer": "parallel", "options": {"mixers": [mamba2, attention]}}
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
+                         pattern=[parallel] * c.num_hidden_layers, norm_eps=c.rms_norm_eps, tie_embeddings=tied,
+                         ffn_options=dict(hidden=c.intermediate_size, bias=bool(c.mlp_bias)))
+    take, left = _taker(hf)
+    embed_scale = float(c.embedding_multiplier)
+    out = {"embed.weight": take("model.embed_tokens.weight") * embed_scale, "head.weight": take("lm_head.weight"),
+           "norm.weight": take("model.final_layernorm.weight") * float(c.lm_head_multiplier)
+           / (embed_scale if tied else 1.0)}
+    q_rows, kv_rows = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    gate_scale, down_scale = (float(v) for v in c.mlp_multipliers)
+    for i in range(c.num_hidden_layers):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        m, a = b + "mixer.mixers.0.", b + "mixer.mixers.1."
+        out.update({b + "norm1.weight": take(p + "input_layernorm.weight"),
+                    b + "norm2.weight": take(p + "pre_ff_layernorm.weight")})
+        mamba = _mamba2(take, p + "mamba.", m)
+        mup = hf.model.layers[i].mamba.mup_vector.reshape(-1, 1).to(mamba[m + "in_proj.weight"].dtype)
+        mamba[m + "in_proj.weight"] = mamba[m + "in_proj.weight"] * (mup * float(c.ssm_in_multiplier))
+        if m + "in_proj.bias" in mamba:
+            mamba[m + "in_proj.bias"] = mamba[m + "in_proj.bias"] * mup[:, 0]
+        out.update(_scaled(mamba, (m + "out_proj.weight", m + "out_proj.bias"), float(c.ssm_out_multiplier)))
+        attn = _attention(take, p + "self_attn.", a, bias=c.attention_bias)
+        k_scale = torch.ones(q_rows + 2 * kv_rows, 1, dtype=attn[a + "qkv.weight"].dtype)
+        k_scale[q_rows:q_rows + kv_rows] = float(c.key_multiplier)
+        attn[a + "qkv.weight"] = attn[a + "qkv.weight"] * k_scale * float(c.attention_in_multiplier)
+        if c.attention_bias:
+            attn[a + "qkv.bias"] = attn[a + "qkv.bias"] * k_scale[:, 0]
+        out.update(_scaled(attn, (a + "out.weight", a + "out.bias"), float(c.attention_out_multiplier)))
+        mlp = _swiglu(take, p + "feed_forward.", b + "ffn.", bias=c.mlp_bias)
+        scale = torch.ones(2 * c.intermediate_size, 1, dtype=mlp[b + "ffn.gate_up.weight"].dtype)
+        scale[:c.intermediate_size] = gate_scale
+        mlp[b + "ffn.gate_up.weight"] = mlp[b + "ffn.gate_up.weight"] * scale
+        if c.mlp_bias:
+            mlp[b + "ffn.gate_up.bias"] = mlp[b + "ffn.gate_up.bias"] * scale[:, 0]
+        out.update(_scaled(mlp, (b + "ffn.down.weight", b + "ffn.down.bias"), down_scale))
     _nothing_left(left, source)
     return config, out
