@@ -36,3 +36,12 @@ def test_mlp(activation, act, bias):
 def test_mlp_refuses_an_unknown_activation():
     with pytest.raises(ValueError, match="activation='tanh'"):
         FFNS.build("mlp", 6, options={"activation": "tanh"})
+
+
+def test_geglu():
+    torch.manual_seed(0)
+    m = FFNS.build("swiglu", 6, options={"hidden": 5, "activation": "gelu"}).double()
+    x = torch.randn(2, 3, 6, dtype=torch.float64)
+    wg, wu = m.gate_up.weight.split(5)
+    gelu = (x @ wg.T) * 0.5 * (1 + torch.erf((x @ wg.T) / 2 ** 0.5))
+    assert_close(m(x)[0], (gelu * (x @ wu.T)) @ m.down.weight.T)
