@@ -2,6 +2,7 @@
 Each converted model must give its logits one shot and through seqmix's state, and decoding token by token
 through that state must equal transformers' own cached decode (relative error ≤ 1e-5, float32)."""
 import copy
+import inspect
 
 import pytest
 import torch
@@ -15,11 +16,18 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_cached_decode(hf, tokens, prefill: int) -> torch.Tensor:
-    """transformers' own path: a cached prefill, then one token at a time through its cache."""
-    out = hf(tokens[:, :prefill], use_cache=True)
+    """transformers' own path: a cached prefill, then one token at a time through its cache. Positions are
+    passed as ``generate()`` passes them, where the model takes them (Bamba's forward does not count the cached
+    tokens itself: without them every decoded token would sit at position 0)."""
+    positions = "position_ids" in inspect.signature(hf.forward).parameters
+
+    def at(start: int, end: int) -> dict:
+        return {"position_ids": torch.arange(start, end)[None]} if positions else {}
+
+    out = hf(tokens[:, :prefill], use_cache=True, **at(0, prefill))
     cache, logits = out["cache"] if "cache" in out else out["past_key_values"], [out.logits]
     for t in range(prefill, tokens.shape[1]):
-        out = hf(tokens[:, t:t + 1], cache=cache, use_cache=True)
+        out = hf(tokens[:, t:t + 1], cache=cache, use_cache=True, **at(t, t + 1))
         logits.append(out.logits)
     return torch.cat(logits, dim=1)
 
