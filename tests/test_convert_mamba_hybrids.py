@@ -297,7 +297,66 @@ def test_falcon_h1_refuses_what_it_cannot_represent(overrides, field):
         from_transformers(_falcon_h1(**overrides))
 
 
-@pytest.mark.parametrize("build", [_falcon_mamba, _jamba, _bamba, _granite, _nemotron_h, _falcon_h1],
+def _zamba2(**overrides):
+    fields = dict(vocab_size=79, hidden_size=16, num_hidden_layers=5,
+                  layers_block_type=["linear_attention", "hybrid", "linear_attention", "hybrid", "hybrid"],
+                  num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=4, mamba_d_state=6, mamba_ngroups=2,
+                  chunk_size=8, intermediate_size=24, num_mem_blocks=2, use_shared_attention_adapter=True,
+                  adapter_rank=3, use_mem_rope=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return _build("Zamba2", **{**fields, **overrides})
+
+
+ZAMBA2 = {  # (transformers' q/k/v adapters are as wide as the queries: they need as many key/value heads)
+    "two-shared-blocks-attention-adapters-rope-gelu": {},
+    "one-shared-block-mlp-adapters-only-grouped-heads-nope-silu-untied": dict(
+        num_mem_blocks=1, use_shared_attention_adapter=False, use_mem_rope=False, hidden_act="silu",
+        num_key_value_heads=2, mamba_ngroups=1, tie_word_embeddings=False,
+        layers_block_type=["hybrid", "linear_attention", "hybrid", "linear_attention"], num_hidden_layers=4),
+}
+
+
+def check_against_float64(hf, seed: int = 1, length: int = 23, prefill: int = 9):
+    """``check_conversion`` for models whose float32 forward is itself further than 1e-5 from the exact function.
+    Random Zamba-2 models amplify float32 rounding (through the gated norms of their Mamba-2 layers): seqmix's
+    float32 forward differs from its float64 one by up to ~1e-4, and transformers' by as much (its norms and
+    scans compute in float32 whatever the model's dtype, so it has no float64 oracle to offer). So the converted
+    model in float64 stands for the exact function, and transformers' float32 forward and cached decode must lie
+    within 1e-5 of it, or within twice seqmix's own float32 rounding where that is larger; seqmix's decode must
+    be exact in float64."""
+    randomise(hf, seed)
+    hf.eval()
+    tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model = from_transformers(hf)
+        exact = copy.deepcopy(model).double()
+        reference = exact(tokens)
+        rounding = assert_rel_close(model(tokens), reference, rtol=float("inf"))
+        bound = max(1e-5, 2 * rounding)
+        assert_rel_close(hf(tokens, use_cache=False).logits, reference, rtol=bound, what="transformers' forward")
+        assert_rel_close(_hf_cached_decode(hf, tokens, prefill), reference, rtol=bound, what="transformers' decode")
+        assert_rel_close(_seqmix_decode(exact, tokens, prefill), reference, rtol=1e-12, what="float64 decode")
+    return model
+
+
+@pytest.mark.parametrize("overrides", list(ZAMBA2.values()), ids=list(ZAMBA2))
+def test_zamba2(overrides):
+    hf = _zamba2(**overrides)
+    model = check_against_float64(hf)
+    assert [b.mixer.registered_name for b in model.blocks] == [
+        "zamba2_hybrid" if kind == "hybrid" else "mamba2" for kind in hf.config.layers_block_type]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_act="relu"), "hidden_act='relu'"),
+    (dict(add_bias_linear=True), "add_bias_linear=True"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
+])
+def test_zamba2_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_zamba2(**overrides))
+
+
+@pytest.mark.parametrize("build", [_falcon_mamba, _jamba, _bamba, _granite, _nemotron_h, _falcon_h1, _zamba2],
                          ids=lambda b: b.__name__.strip("_"))
 def test_load_pretrained_takes_every_model_type(build, tmp_path):
     hf = build()

@@ -52,6 +52,17 @@
   projection; ``mlp_multipliers`` (gate, down) into the gate rows and the down projection.
   Refused by name: an activation other than SiLU, a RoPE type other than "default" or partial RoPE,
   ``projectors_bias`` different from ``mamba_proj_bias`` (ours has one bias setting for both projections).
+* ``Zamba2ForCausalLM``: Mamba-2 blocks x + Mamba-2(norm x) ("linear_attention" layers: mixer ``mamba2``, no
+  FFN, Δ clamped below at ``time_step_min``) and "hybrid" layers x + Mamba-2(norm(x + W_l · T(x, e))), where T
+  is a transformer block without residuals shared by every ``num_mem_blocks``-th hybrid layer: attention on
+  norm([x, e]) (e the token embeddings; 2·hidden_size channels in, heads of 2·hidden_size / heads channels,
+  softmax scale 1/√(head_dim / 2), RoPE when ``use_mem_rope``), then a gated MLP (``hidden_act``) on its
+  normalised output -> mixer ``zamba2_hybrid``. Each hybrid layer gets its own copy of its shared block, with
+  its per-layer LoRA adapters (q, k, v when ``use_shared_attention_adapter``, and the MLP's gate_up) added into
+  the copied weights, and the scale's √2 folded into the query rows: the same function, but the copies are not
+  tied (training the converted model would update them separately).
+  Refused by name: a MLP activation other than GELU and SiLU, ``add_bias_linear``, a RoPE type other than
+  "default", a layer type other than the two.
 """
 from __future__ import annotations
 
@@ -405,5 +416,64 @@ def falcon_h1(hf) -> tuple[ModelConfig, dict]:
         if c.mlp_bias:
             mlp[b + "ffn.gate_up.bias"] = mlp[b + "ffn.gate_up.bias"] * scale[:, 0]
         out.update(_scaled(mlp, (b + "ffn.down.weight", b + "ffn.down.bias"), down_scale))
+    _nothing_left(left, source)
+    return config, out
+
+
+@register_converter("Zamba2ForCausalLM", "zamba2")
+def zamba2(hf) -> tuple[ModelConfig, dict]:
+    c, source = hf.config, "Zamba2ForCausalLM"
+    if c.hidden_act not in ("gelu", "silu"):
+        _refuse(source, "hidden_act", c.hidden_act, "'gelu' and 'silu'")
+    if c.add_bias_linear:
+        _refuse(source, "add_bias_linear", True, "models without linear biases")
+    mamba2 = dict(expand=c.mamba_expand, headdim=c.mamba_headdim, d_state=c.mamba_d_state, ngroups=c.mamba_ngroups,
+                  d_conv=c.mamba_d_conv, norm_eps=1e-5, dt_limit=[float(c.time_step_min), float("inf")])
+    rope = dict(_rope(source, c), rope=True) if c.use_mem_rope else dict(rope=False)
+    head_dim = c.attention_head_dim
+    hybrid = {"mixer": "zamba2_hybrid", "options": dict(
+        attention=dict(n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim, **rope),
+        mamba2=mamba2, hidden=c.intermediate_size, activation=c.hidden_act, norm_eps=c.rms_norm_eps)}
+    kinds = list(c.layers_block_type)
+    pattern = []
+    for i, kind in enumerate(kinds):
+        if kind not in ("linear_attention", "hybrid"):
+            _refuse(source, f"layers_block_type[{i}]", kind, "'linear_attention' (Mamba-2) and 'hybrid' layers")
+        pattern.append(hybrid if kind == "hybrid" else {"mixer": "mamba2", "options": mamba2})
+    config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
+                         pattern=pattern, ffn="none", norm_eps=c.rms_norm_eps,
+                         tie_embeddings=_tied(hf.lm_head.weight, hf.model.embed_tokens.weight))
+    take, left = _taker(hf)
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.final_layernorm.weight"),
+           "head.weight": take("lm_head.weight")}
+    for i, kind in enumerate(kinds):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        if kind == "linear_attention":
+            out[b + "norm1.weight"] = take(p + "input_layernorm.weight")
+            out.update(_mamba2(take, p + "mamba.", b + "mixer."))
+            continue
+        j, st, m = c.hybrid_layer_ids.index(i), p + "shared_transformer.", b + "mixer."
+
+        def adapted(weight: str, adapters: str) -> torch.Tensor:
+            """The shared weight plus this layer's LoRA adapter, B A (when the model has one)."""
+            w = take(weight)
+            if adapters + f"{j}.0.weight" in left:
+                w = w + take(adapters + f"{j}.1.weight") @ take(adapters + f"{j}.0.weight")
+            return w
+
+        a = st + "self_attn."
+        q, k, v = (adapted(a + f"{x}_proj.weight", a + f"linear_{x}_adapter_list.") for x in "qkv")
+        out.update({m + "attn_norm.weight": take(st + "input_layernorm.weight"),
+                    m + "attention.qkv.weight": torch.cat([q * 2 ** 0.5, k, v]),
+                    m + "attention.out.weight": take(a + "o_proj.weight"),
+                    m + "mlp_norm.weight": take(st + "pre_ff_layernorm.weight"),
+                    m + "mlp.gate_up.weight": adapted(st + "feed_forward.gate_up_proj.weight",
+                                                      st + "feed_forward.gate_up_proj_adapter_list."),
+                    m + "mlp.down.weight": take(st + "feed_forward.down_proj.weight"),
+                    m + "linear.weight": take(p + "linear.weight"),
+                    m + "mamba_norm.weight": take(p + "mamba_decoder.input_layernorm.weight")})
+        out.update(_mamba2(take, p + "mamba_decoder.mamba.", m + "mamba2."))
+        for name in [n for n in left if n.startswith(st) and "_adapter_list." in n]:
+            take(name)  # the other hybrid layers' adapters, seen through this layer's copy of the shared block
     _nothing_left(left, source)
     return config, out
