@@ -2,6 +2,7 @@
 Each converted model must give its logits one shot and through seqmix's state, and decoding token by token
 through that state must equal transformers' own cached decode (relative error ≤ 1e-5, float32)."""
 import copy
+import inspect
 
 import pytest
 import torch
@@ -15,11 +16,18 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_cached_decode(hf, tokens, prefill: int) -> torch.Tensor:
-    """transformers' own path: a cached prefill, then one token at a time through its cache."""
-    out = hf(tokens[:, :prefill], use_cache=True)
+    """transformers' own path: a cached prefill, then one token at a time through its cache. Positions are
+    passed as ``generate()`` passes them, where the model takes them (Bamba's forward does not count the cached
+    tokens itself: without them every decoded token would sit at position 0)."""
+    positions = "position_ids" in inspect.signature(hf.forward).parameters
+
+    def at(start: int, end: int) -> dict:
+        return {"position_ids": torch.arange(start, end)[None]} if positions else {}
+
+    out = hf(tokens[:, :prefill], use_cache=True, **at(0, prefill))
     cache, logits = out["cache"] if "cache" in out else out["past_key_values"], [out.logits]
     for t in range(prefill, tokens.shape[1]):
-        out = hf(tokens[:, t:t + 1], cache=cache, use_cache=True)
+        out = hf(tokens[:, t:t + 1], cache=cache, use_cache=True, **at(t, t + 1))
         logits.append(out.logits)
     return torch.cat(logits, dim=1)
 
@@ -240,10 +248,10 @@ MINIMAX = {
 @pytest.mark.parametrize("overrides", list(MINIMAX.values()), ids=list(MINIMAX))
 def test_minimax(overrides):
     hf = _minimax(**overrides)
-    # transformers 5.25's MiniMaxCache.get_seq_length() reads layer 0's KV cache; where layer 0 is a lightning
-    # layer it has none and says 0, so its decode restarts the RoPE positions of the attention layers at 0
-    oracle = "forward" if hf.config.layer_types[0] == "linear_attention" else "cached"
-    model = check_conversion(hf, length=27, decode_oracle=oracle)  # longer than a few of its prefill blocks
+    # with a lightning layer first, transformers' MiniMaxCache.get_seq_length() reads that layer's empty KV cache
+    # and says 0: a cached forward without position_ids restarts the attention layers' RoPE positions at 0 (0.24
+    # off its own forward); _hf_cached_decode passes the positions, as generate() does
+    model = check_conversion(hf, length=27)  # longer than a few of its prefill blocks
     lightning = [b.mixer for b in model.blocks if b.mixer.registered_name == "lightning"]
     expected = [hf.model.layers[b.mixer.layer_idx].self_attn.slope_rate.flatten() for b in model.blocks
                 if b.mixer.registered_name == "lightning"]

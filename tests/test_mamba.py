@@ -124,7 +124,9 @@ def test_mamba_initialisation_follows_the_reference():
     assert torch.equal(m.D, torch.ones(128))
 
 
-@pytest.mark.parametrize("options", [dict(chunk_size=4), dict(d_state=3, expand=1, dt_rank=2, d_conv=2)])
+@pytest.mark.parametrize("options", [dict(chunk_size=4), dict(d_state=3, expand=1, dt_rank=2, d_conv=2),
+                                     dict(chunk_size=4, dt_bc_norm="rms", dt_bc_norm_eps=1e-3),
+                                     dict(d_state=3, dt_rank=2, dt_bc_norm="rms_weight")])
 def test_mamba_any_split(options):
     assert_any_split(ModelConfig(mixer="mamba", d_model=16, n_layers=2, n_heads=2, mixer_options=options))
 
@@ -142,8 +144,24 @@ def test_mamba_mixer_chunked_equals_token_by_token_decoding():
     assert state["conv"].shape == (2, 3, 32) and state["ssm"].shape == (2, 32, 16)
 
 
+@pytest.mark.parametrize("kind", ["rms", "rms_weight"])
+def test_mamba_dt_bc_norm_makes_the_mixer_blind_to_the_scale_of_dt_b_and_c(kind):
+    torch.manual_seed(0)
+    x = torch.randn(2, 11, 16, dtype=F64)
+    plain, normed = Mamba(16, 1).double(), Mamba(16, 1, dt_bc_norm=kind, dt_bc_norm_eps=1e-12).double()
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    if kind == "rms_weight":
+        assert [n.weight.shape[0] for n in (normed.dt_norm, normed.B_norm, normed.C_norm)] == [1, 16, 16]
+    y_plain, y_normed = plain(x)[0], normed(x)[0]
+    with torch.no_grad():
+        for m in (plain, normed):
+            m.x_proj.weight *= 3.0  # Δ_low, B and C three times larger
+    assert (plain(x)[0] - y_plain).abs().max() > 1e-3
+    assert_close(normed(x)[0], y_normed)
+
+
 @pytest.mark.parametrize("options, message", [
-    (dict(d_state=0), "d_state=0"), (dict(dt_rank="full"), "dt_rank='full'"),
+    (dict(d_state=0), "d_state=0"), (dict(dt_bc_norm="layernorm"), "dt_bc_norm='layernorm'"), (dict(dt_rank="full"), "dt_rank='full'"),
     (dict(expand=0), "expand=0"), (dict(dt_min=0.2, dt_max=0.1), "dt_min=0.2"),
 ])
 def test_mamba_bad_options_name_the_option(options, message):

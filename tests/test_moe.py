@@ -14,7 +14,7 @@ F64 = torch.float64
 
 
 def _loop_over_experts(m: MoE, x):
-    """Every token separately: scores, its top-k, and a sum of SwiGLU experts written out."""
+    """Every token separately: scores, its top-k, and a sum of SwiGLU (or relu² MLP) experts written out."""
     out = torch.zeros_like(x)
     for n, token in enumerate(x):
         logits = m.router.weight @ token
@@ -28,8 +28,11 @@ def _loop_over_experts(m: MoE, x):
         total = sum(scores[e] for e in chosen) if m.normalize else 1.0
         for e in chosen:
             W1, W3 = m.gate_up[e][:m.hidden], m.gate_up[e][m.hidden:]
-            out[n] += m.scale * scores[e] / total * (m.down[e] @ (F.silu(W1 @ token) * (W3 @ token)))
-        if m.shared is not None:
+            hidden = F.silu(W1 @ token) * (W3 @ token) if m.gated else F.relu(W1 @ token) ** 2
+            out[n] += m.scale * scores[e] / total * (m.down[e] @ hidden)
+        if m.shared is not None and not m.gated:
+            out[n] += m.shared.down.weight @ F.relu(m.shared.up.weight @ token) ** 2
+        elif m.shared is not None:
             s = m.shared.down.weight @ (F.silu(m.shared.gate_up.weight[:m.shared.down.in_features] @ token)
                                         * (m.shared.gate_up.weight[m.shared.down.in_features:] @ token))
             out[n] += s * (torch.sigmoid(m.shared_gate.weight[0] @ token) if m.shared_gate is not None else 1)
@@ -41,7 +44,9 @@ def _loop_over_experts(m: MoE, x):
     {"n_experts": 6, "top_k": 3, "normalize": False, "shared_hidden": 10, "shared_gate": True},  # Qwen3-Next's
     {"score": "sigmoid", "selection_bias": True, "scale": 2.5, "shared_hidden": 8},  # DeepSeek-V3 / Kimi's
     {"n_experts": 4, "top_k": 4, "hidden": 5},
-    {"n_experts": 8, "top_k": 3, "n_groups": 4, "top_groups": 2, "score": "sigmoid", "selection_bias": True}])  # Kimi's
+    {"n_experts": 8, "top_k": 3, "n_groups": 4, "top_groups": 2, "score": "sigmoid", "selection_bias": True},  # Kimi's
+    {"expert": "relu2", "score": "sigmoid", "selection_bias": True, "scale": 2.5, "shared_hidden": 8},  # Nemotron-H's
+    {"expert": "relu2", "n_experts": 5, "top_k": 2, "hidden": 3}])
 def test_moe_equals_a_loop_over_experts(options):
     torch.manual_seed(0)
     m = FFNS.build("moe", 12, options=options).double()
@@ -95,7 +100,7 @@ def test_moe_model_with_dense_layers_holds_the_any_split_invariant():
     (dict(ffn="moe", ffn_options={"shared_gate": True}), "shared_gate=True needs shared experts"),
     (dict(ffn="moe", ffn_options={"n_groups": 3}), "n_groups=3: must divide n_experts=8"),
     (dict(ffn="moe", ffn_options={"n_groups": 4, "top_groups": 1, "top_k": 3}), "top_groups=1: must be at most"),
-    (dict(pattern=["gla", {"mixer": "gla", "ffn": "mlp"}], n_layers=2), r"pattern\[1\].ffn='mlp': unknown"),
+    (dict(pattern=["gla", {"mixer": "gla", "ffn": "geglu"}], n_layers=2), r"pattern\[1\].ffn='geglu': unknown"),
     (dict(pattern=["gla", {"mixer": "gla", "ffn": "moe", "ffn_options": {"experts": 2}}], n_layers=2),
      r"pattern\[1\] for 'moe': unknown option\(s\) \['experts'\]"),
     (dict(pattern=["gla", {"mixer": "gla", "norm": "x"}], n_layers=2), "must be a mixer name or a dict with keys"),

@@ -113,6 +113,9 @@ def test_groups_must_divide_heads():
 @pytest.mark.parametrize("options", [
     dict(d_state=8, chunk_size=5),                           # heads from n_heads (2 heads of 16)
     dict(d_state=4, headdim=4, ngroups=2, chunk_size=8),     # 8 heads in 2 groups
+    dict(d_state=4, d_inner=21, headdim=7, chunk_size=4),   # a width that is no multiple of d_model: 3 heads
+    dict(d_state=4, headdim=8, ngroups=2, gate_norm="norm_then_gate"),
+    dict(d_state=4, headdim=8, gate_norm="gate_only", chunk_size=4),
 ])
 def test_mamba2_any_split(options):
     assert_any_split(ModelConfig(mixer="mamba2", d_model=16, n_layers=2, n_heads=2, mixer_options=options))
@@ -128,11 +131,39 @@ def test_mamba2_structure_and_state():
     assert state["conv"].shape == (3, 3, 96) and state["ssm"].shape == (3, 4, 8, 16)
     y, new = m(torch.randn(3, 1, 32), state)
     assert y.shape == (3, 1, 32) and new["ssm"].shape == (3, 4, 8, 16)
+    explicit = Mamba2(32, 2, d_state=8, headdim=10, d_inner=50, expand=7)  # d_inner wins over expand
+    assert explicit.d_inner == 50 and explicit.heads == 5 and explicit.out_proj.in_features == 50
+
+
+def test_mamba2_gate_and_norm_of_the_output():
+    """What reaches out_proj: u = y · SiLU(z) without a norm; RMSNorm(u) (Mamba-2's); RMSNorm(y) · SiLU(z)."""
+    torch.manual_seed(0)
+    kinds = ("gate_only", "gate_then_norm", "norm_then_gate")
+    mixers = {k: Mamba2(16, 2, d_state=4, headdim=8, ngroups=2, gate_norm=k).double() for k in kinds}
+    for k in kinds[1:]:
+        mixers[k].load_state_dict(mixers["gate_only"].state_dict(), strict=False)
+        torch.nn.init.normal_(mixers[k].norm.weight)
+    assert not hasattr(mixers["gate_only"], "norm")
+    x = torch.randn(2, 5, 16, dtype=F64)
+    inputs = {}
+    for k, m in mixers.items():
+        m.out_proj.register_forward_pre_hook(lambda mod, args, k=k: inputs.update({k: args[0]}))
+        m(x)
+    gate = torch.nn.functional.silu(mixers["gate_only"].in_proj(x)[..., :32])
+
+    def rms(t, weight):  # RMSNorm over each group of 16 channels
+        g = t.reshape(2, 5, 2, 16)
+        return (g / g.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()).reshape(2, 5, 32) * weight
+
+    u = inputs["gate_only"]
+    assert_close(inputs["gate_then_norm"], rms(u, mixers["gate_then_norm"].norm.weight))
+    assert_close(inputs["norm_then_gate"], rms(u / gate, mixers["norm_then_gate"].norm.weight) * gate)
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(headdim=5), "headdim=5"), (dict(ngroups=3), "ngroups=3"), (dict(d_state=0), "d_state=0"),
-    (dict(chunk_size=-1), "chunk_size=-1"), (dict(dt_limit=(-0.1, 1.0)), r"dt_limit=\(-0.1, 1.0\)"),
+    (dict(chunk_size=-1), "chunk_size=-1"), (dict(d_inner=0), "d_inner=0"), (dict(d_inner=20, headdim=8), "headdim=8"),
+    (dict(gate_norm="norm"), "gate_norm='norm'"), (dict(dt_limit=(-0.1, 1.0)), r"dt_limit=\(-0.1, 1.0\)"),
 ])
 def test_mamba2_bad_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.ffn.base import FFN, register_ffn
+from seqmix.ffn.mlp import MLP
 from seqmix.ffn.swiglu import SwiGLU
 from seqmix.layers import Linear
 from seqmix.registry import NON_NEGATIVE, POSITIVE, Annotated, Literal
@@ -31,7 +32,8 @@ class MoE(FFN):
     Training adds the Switch Transformer load-balancing loss ``aux_loss_weight`` · E · Σ_e f_e P_e (f_e the
     fraction of (token, slot) choices going to expert e times top_k, P_e the mean router score), read by the
     training loop through ``auxiliary_loss(model)``. Experts are stored stacked: ``gate_up [E, 2h, d]`` (the
-    W1 rows, then the W3 rows), ``down [E, d, h]``. Stateless.
+    W1 rows, then the W3 rows), ``down [E, d, h]``. ``expert="relu2"``: every expert, the shared one too, is
+    an ungated MLP W2 relu(W1 x)² instead (Nemotron-H), ``gate_up [E, h, d]`` holding W1. Stateless.
     """
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, n_layers: int = 1, n_experts: Annotated[int, POSITIVE] = 8,
@@ -40,7 +42,8 @@ class MoE(FFN):
                  scale: Annotated[float, POSITIVE] = 1.0, selection_bias: bool = False,
                  shared_hidden: Annotated[int, NON_NEGATIVE] = 0, shared_gate: bool = False,
                  n_groups: Annotated[int, POSITIVE] = 1, top_groups: Annotated[int, POSITIVE] | None = None,
-                 aux_loss_weight: Annotated[float, NON_NEGATIVE] = 0.01):
+                 aux_loss_weight: Annotated[float, NON_NEGATIVE] = 0.01,
+                 expert: Literal["swiglu", "relu2"] = "swiglu"):
         super().__init__(d_model, layer_idx=layer_idx, n_layers=n_layers)
         if top_k > n_experts:
             raise ValueError(f"moe option top_k={top_k}: must be at most n_experts={n_experts}")
@@ -56,13 +59,15 @@ class MoE(FFN):
         h = hidden or max(1, 8 * ((8 * d_model // 3 + 7) // 8) // top_k)
         self.n_experts, self.top_k, self.hidden, self.score, self.normalize, self.scale = \
             n_experts, top_k, h, score, normalize, scale
-        self.aux_loss_weight = aux_loss_weight
+        self.aux_loss_weight, self.gated = aux_loss_weight, expert == "swiglu"
         self.router = Linear(d_model, n_experts, bias=False)
         self.register_buffer("selection_bias", torch.zeros(n_experts) if selection_bias else None)
         bound_in, bound_out = 1 / math.sqrt(d_model), 1 / math.sqrt(h)  # nn.Linear's default scale per expert
-        self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * h, d_model).uniform_(-bound_in, bound_in))
+        rows = 2 * h if self.gated else h
+        self.gate_up = nn.Parameter(torch.empty(n_experts, rows, d_model).uniform_(-bound_in, bound_in))
         self.down = nn.Parameter(torch.empty(n_experts, d_model, h).uniform_(-bound_out, bound_out))
-        self.shared = SwiGLU(d_model, hidden=shared_hidden) if shared_hidden else None
+        self.shared = None if not shared_hidden else SwiGLU(d_model, hidden=shared_hidden) if self.gated else \
+            MLP(d_model, hidden=shared_hidden)
         self.shared_gate = Linear(d_model, 1, bias=False) if shared_gate else None
         self.aux_loss: torch.Tensor | None = None
 
@@ -97,8 +102,13 @@ class MoE(FFN):
         for e, count in enumerate(counts.tolist()):
             if count:
                 rows = tokens_of[start:start + count]
-                gate, up = F.linear(flat[rows], self.gate_up[e]).chunk(2, dim=-1)
-                y = F.linear(F.silu(gate) * up, self.down[e])
+                hidden = F.linear(flat[rows], self.gate_up[e])
+                if self.gated:
+                    gate, up = hidden.chunk(2, dim=-1)
+                    hidden = F.silu(gate) * up
+                else:
+                    hidden = torch.square(F.relu(hidden))
+                y = F.linear(hidden, self.down[e])
                 out.index_add_(0, rows, y * weights_of[start:start + count, None])
                 start += count
         if self.shared is not None:

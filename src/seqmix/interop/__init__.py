@@ -13,9 +13,9 @@
 
 Only the transformers-facing parts import transformers, and only when used.
 """
-from seqmix.interop import gated_delta, kimi, minimax  # register their converters
+from seqmix.interop import gated_delta, kimi, mamba_hybrids, minimax  # register their converters
 
-del gated_delta, kimi, minimax
+del gated_delta, kimi, mamba_hybrids, minimax
 from seqmix.interop.convert import CONVERTERS, from_transformers
 from seqmix.interop.ttt_reference import from_ttt_reference
 

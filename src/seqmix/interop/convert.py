@@ -71,16 +71,18 @@ def load_tensors(model: SeqMixLM, tensors: dict[str, torch.Tensor], source: str)
     model.load_state_dict(ready, strict=True)
 
 
-def _mamba(hf) -> tuple[ModelConfig, dict]:
+def _mamba(hf, source: str = "MambaForCausalLM", **mixer_options) -> tuple[ModelConfig, dict]:
+    """Mamba, or a variant (``source``) with the same tensors and more ``mixer_options`` (Falcon-Mamba)."""
     c = hf.config
-    _require_silu(c, "MambaForCausalLM")
+    _require_silu(c, source)
     tied = _tied(hf.lm_head.weight, hf.backbone.embeddings.weight)
     config = ModelConfig(
         mixer="mamba", vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
         ffn="none", tie_embeddings=tied, norm_eps=c.layer_norm_epsilon,
         final_norm_eps=_final_eps(c.layer_norm_epsilon, hf.backbone.norm_f.variance_epsilon),
         mixer_options=dict(expand=c.expand, d_state=c.state_size, d_conv=c.conv_kernel,
-                           dt_rank=int(c.time_step_rank), bias=bool(c.use_bias), conv_bias=bool(c.use_conv_bias)))
+                           dt_rank=int(c.time_step_rank), bias=bool(c.use_bias), conv_bias=bool(c.use_conv_bias),
+                           **mixer_options))
     rules = [(r"backbone\.embeddings\.weight", "embed.weight"),
              (r"backbone\.norm_f\.weight", "norm.weight"),
              (r"backbone\.layers\.(\d+)\.norm\.weight", r"blocks.\1.norm1.weight"),
@@ -89,7 +91,7 @@ def _mamba(hf) -> tuple[ModelConfig, dict]:
               r"blocks.\1.mixer.\2.\3"),
              (r"backbone\.layers\.(\d+)\.mixer\.(A_log|D)", r"blocks.\1.mixer.\2"),
              (r"lm_head\.weight", "head.weight")]
-    return config, _rename(hf.state_dict(), rules, "MambaForCausalLM")
+    return config, _rename(hf.state_dict(), rules, source)
 
 
 def _mamba2(hf) -> tuple[ModelConfig, dict]:

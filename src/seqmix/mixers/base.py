@@ -10,7 +10,8 @@ A mixer maps ``x [B, T, d_model] -> y [B, T, d_model]`` causally and carries a r
 * ``forward(x, state=None, shared=None) -> (y, new_state)`` — ``state=None`` is the training path: start
   from the zero state and return ``None`` (the mixer may skip building a state). With a state, any number
   of tokens continues it exactly (T = 1 is decoding). ``shared`` is a dict that lives for one model
-  forward and lets a layer pass values to later layers (RWKV-7's value residual).
+  forward and lets a layer pass values to later layers (RWKV-7's value residual); the model puts the token
+  embeddings of the forward's tokens there under ``EMBEDDINGS`` (Zamba-2's shared blocks read them).
 
 The block normalises the mixer's input (x + mixer(norm x)) unless the mixer sets ``normalizes_input``:
 then it reads the residual stream x itself and holds its own norms (e.g. TTT's official two-norm block).
@@ -23,6 +24,7 @@ from torch import nn
 from seqmix.registry import Registry
 
 State = dict[str, torch.Tensor]
+EMBEDDINGS = "embeddings"  # key in the per-forward `shared` dict: the token embeddings [B, T, d_model]
 
 MIXERS = Registry("mixer")
 register_mixer = MIXERS.register

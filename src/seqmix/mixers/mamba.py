@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.layers import Linear, ShortConv, cached
+from seqmix.layers import Linear, RMSNorm, ShortConv, cached
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.ops import selective_scan as op
 from seqmix.registry import POSITIVE, Annotated, Literal
@@ -37,7 +37,9 @@ class Mamba(Mixer):
     in transformers' MambaConfig), ``d_state`` (N, the state size per channel), ``d_conv`` (conv width),
     ``dt_rank`` (rank of the Δ projection; "auto" = ⌈d_model/16⌉), ``dt_min``/``dt_max`` (range of the
     initial Δ), ``chunk_size`` (scan chunk), ``bias`` (biases on in_proj and out_proj; off in the
-    reference), ``conv_bias`` (bias of the conv; on in the reference).
+    reference), ``conv_bias`` (bias of the conv; on in the reference), ``dt_bc_norm`` (RMSNorm of Δ_low, B
+    and C, each over its own channels, before dt_proj and the scan: "none" (the reference), "rms" without
+    scales (Falcon-Mamba), "rms_weight" with learned scales (Jamba)), ``dt_bc_norm_eps`` (their eps).
     Mamba has no heads: ``n_heads`` is not used. A = −exp(A_log) with the S4D-real init A_log[d, n] =
     log(n+1); D = 1.
     State: {"conv": [B, d_conv−1, d_inner] (pre-conv inputs), "ssm": [B, d_inner, N]}.
@@ -47,7 +49,9 @@ class Mamba(Mixer):
                  expand: Annotated[float, POSITIVE] = 2, d_state: Annotated[int, POSITIVE] = 16,
                  d_conv: Annotated[int, POSITIVE] = 4, dt_rank: Annotated[int, POSITIVE] | Literal["auto"] = "auto",
                  dt_min: Annotated[float, POSITIVE] = 1e-3, dt_max: Annotated[float, POSITIVE] = 1e-1,
-                 chunk_size: Annotated[int, POSITIVE] = 16, bias: bool = False, conv_bias: bool = True):
+                 chunk_size: Annotated[int, POSITIVE] = 16, bias: bool = False, conv_bias: bool = True,
+                 dt_bc_norm: Literal["none", "rms", "rms_weight"] = "none",
+                 dt_bc_norm_eps: Annotated[float, POSITIVE] = 1e-6):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
@@ -63,6 +67,15 @@ class Mamba(Mixer):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = Linear(d_inner, d_model, bias=bias)
+        self.dt_bc_norm, self.dt_bc_norm_eps = dt_bc_norm, dt_bc_norm_eps
+        if dt_bc_norm == "rms_weight":
+            self.dt_norm = RMSNorm(dt_rank, dt_bc_norm_eps)
+            self.B_norm, self.C_norm = RMSNorm(d_state, dt_bc_norm_eps), RMSNorm(d_state, dt_bc_norm_eps)
+
+    def _normalise(self, dt, B, C):
+        if self.dt_bc_norm == "rms_weight":
+            return self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
+        return tuple(F.rms_norm(t, t.shape[-1:], None, self.dt_bc_norm_eps) for t in (dt, B, C))
 
     def init_state(self, batch_size: int):
         return {"conv": self.conv.init_state(batch_size), "ssm": self._zeros(batch_size, self.d_inner, self.d_state)}
@@ -72,6 +85,8 @@ class Mamba(Mixer):
         u, conv_tail = self.conv(u, None if state is None else state["conv"])
         u = F.silu(u)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.dt_bc_norm != "none":
+            dt, B, C = self._normalise(dt, B, C)
         dt = F.softplus(self.dt_proj(dt))
         A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
         h = None if state is None else state["ssm"]

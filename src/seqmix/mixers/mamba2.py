@@ -9,7 +9,7 @@ from seqmix.layers import GatedRMSNorm, Linear, ShortConv, cached
 from seqmix.mixers.base import Mixer, register_mixer
 from seqmix.mixers.mamba import inner_width, inverse_softplus_dt
 from seqmix.ops import ssd as op
-from seqmix.registry import NON_NEGATIVE, POSITIVE, Annotated
+from seqmix.registry import NON_NEGATIVE, POSITIVE, Annotated, Literal
 
 
 @register_mixer("mamba2")
@@ -17,12 +17,15 @@ class Mamba2(Mixer):
     """x -> in_proj -> [z, u, B, C, Δ]; [u, B, C] -> causal depthwise conv -> SiLU;
     y = SSD(u, softplus(Δ + dt_bias), A, B, C) + D u per head; y -> RMSNorm(y · SiLU(z)) -> out_proj.
 
-    Options: ``expand`` (d_inner = int(expand · d_model)), ``d_state`` (N), ``headdim`` (P; None = d_inner /
+    Options: ``expand`` (d_inner = int(expand · d_model)), ``d_inner`` (the width itself, in place of expand:
+    Nemotron-H's heads · headdim), ``d_state`` (N), ``headdim`` (P; None = d_inner /
     n_heads, so the model's ``n_heads`` sets the number of SSM heads; otherwise heads = d_inner / headdim),
     ``ngroups`` (G groups of heads sharing B and C, like grouped-query attention; must divide the heads),
     ``d_conv`` (conv width), ``dt_min``/``dt_max`` (range of the initial Δ), ``chunk_size`` (SSD chunk),
     ``dt_limit`` ((low, high): clamp Δ after the softplus; None = no clamp), ``bias`` (biases on in_proj and
-    out_proj), ``conv_bias`` (bias of the conv), ``norm_eps`` (eps of the gated RMSNorm).
+    out_proj), ``conv_bias`` (bias of the conv), ``norm_eps`` (eps of the gated RMSNorm), ``gate_norm`` (the
+    output's gate and norm: "gate_then_norm", RMSNorm(y · SiLU(z)), Mamba-2's; "norm_then_gate",
+    RMSNorm(y) · SiLU(z); "gate_only", y · SiLU(z) without a norm: Falcon-H1's ``mamba_rms_norm=False``).
     Every head has one scalar A = −exp(A_log) (init A ~ U[1, 16]) and one D (init 1). The gated RMSNorm
     gates first and normalises over groups of d_inner / ngroups channels (Mamba-2's norm_before_gate=False).
     State: {"conv": [B, d_conv−1, d_inner + 2·G·N] (pre-conv inputs), "ssm": [B, heads, N, P]}.
@@ -34,9 +37,11 @@ class Mamba2(Mixer):
                  d_conv: Annotated[int, POSITIVE] = 4, dt_min: Annotated[float, POSITIVE] = 1e-3,
                  dt_max: Annotated[float, POSITIVE] = 1e-1, chunk_size: Annotated[int, POSITIVE] = 64,
                  dt_limit: tuple[Annotated[float, NON_NEGATIVE], float] | None = None, bias: bool = False,
-                 conv_bias: bool = True, norm_eps: Annotated[float, POSITIVE] = 1e-5):
+                 conv_bias: bool = True, norm_eps: Annotated[float, POSITIVE] = 1e-5,
+                 d_inner: Annotated[int, POSITIVE] | None = None,
+                 gate_norm: Literal["gate_then_norm", "norm_then_gate", "gate_only"] = "gate_then_norm"):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
-        d_inner = inner_width("mamba2", expand, d_model)
+        d_inner = d_inner or inner_width("mamba2", expand, d_model)
         if dt_limit is not None:
             if not dt_limit[0] < dt_limit[1]:
                 raise ValueError(f"mamba2 option dt_limit={dt_limit!r}: need low < high")
@@ -44,11 +49,11 @@ class Mamba2(Mixer):
         self.dt_limit = dt_limit
         if headdim is None:
             if d_inner % n_heads:
-                raise ValueError(f"mamba2: d_inner = int(expand·d_model) = {d_inner} is not divisible by "
+                raise ValueError(f"mamba2: d_inner = {d_inner} is not divisible by "
                                  f"n_heads={n_heads}; set the option headdim")
             headdim = d_inner // n_heads
         if d_inner % headdim:
-            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = int(expand·d_model) = {d_inner}")
+            raise ValueError(f"mamba2 option headdim={headdim}: must divide d_inner = {d_inner}")
         H = d_inner // headdim
         if H % ngroups:
             raise ValueError(f"mamba2 option ngroups={ngroups}: must divide the number of heads {H}")
@@ -60,7 +65,9 @@ class Mamba2(Mixer):
         self.dt_bias = nn.Parameter(inverse_softplus_dt(H, dt_min, dt_max, floor=1e-4))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(H))
-        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps)
+        self.gate_norm = gate_norm
+        if gate_norm != "gate_only":
+            self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps)
         self.out_proj = Linear(d_inner, d_model, bias=bias)
 
     def init_state(self, batch_size: int):
@@ -86,5 +93,9 @@ class Mamba2(Mixer):
         else:
             y, S = op.chunked(u, dt, A, B, C, self.D, S, self.chunk_size)
         y = y.transpose(1, 2).reshape(Bsz, T, self.d_inner)
-        y = self.out_proj(self.norm(y * F.silu(z)))
+        if self.gate_norm == "gate_then_norm":
+            y = self.norm(y * F.silu(z))
+        else:
+            y = y * F.silu(z) if self.gate_norm == "gate_only" else self.norm(y, z)
+        y = self.out_proj(y)
         return y, (None if state is None else {"conv": conv_tail, "ssm": S})

@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 from seqmix.ffn import FFNS
 from seqmix.layers import Linear, ShortConv, make_norm
 from seqmix.mixers import MIXERS
+from seqmix.mixers.base import EMBEDDINGS
 from seqmix.model.config import ModelConfig
 
 
@@ -167,9 +168,9 @@ class SeqMixLM(nn.Module):
 
     def _run(self, tokens: torch.Tensor, state: list | None):
         x = self.embed(tokens)
+        shared: dict = {EMBEDDINGS: x}
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        shared: dict = {}
         new_state = []
         recompute = self.activation_checkpointing and state is None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
