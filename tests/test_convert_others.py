@@ -1,0 +1,71 @@
+"""Converters of the other recurrent hybrids in transformers (LFM2, ...), checked as in test_convert_hybrids:
+one shot and token by token through seqmix's state against transformers' own forward and cached decode."""
+import pytest
+import torch
+
+from helpers import assert_rel_close, randomise
+from test_convert_hybrids import check_conversion
+from seqmix.interop import from_transformers, load_pretrained
+from seqmix.interop.lfm2 import lfm2_ffn_width
+
+transformers = pytest.importorskip("transformers")
+
+
+def _lfm2(**overrides):
+    if not hasattr(transformers, "Lfm2Config"):
+        pytest.skip("this transformers has no LFM2")
+    fields = dict(vocab_size=91, hidden_size=48, intermediate_size=100, num_hidden_layers=4,
+                  layer_types=["conv", "conv", "full_attention", "conv"], num_attention_heads=4, num_key_value_heads=2,
+                  conv_L_cache=3, conv_bias=False, block_auto_adjust_ff_dim=True, block_ffn_dim_multiplier=1.3,
+                  block_multiple_of=16, norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
+                  tie_word_embeddings=True)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    return transformers.Lfm2ForCausalLM(transformers.Lfm2Config(**fields))
+
+
+LFM2 = {
+    # ⌊2 · 100 / 3⌋ = 66, ⌊1.3 · 66⌋ = 85, rounded up to a multiple of 16: 96
+    "gqa-tied-adjusted-ffn": {},
+    "conv-bias-untied-attention-first-plain-ffn": dict(
+        conv_bias=True, conv_L_cache=4, block_auto_adjust_ff_dim=False, intermediate_size=40, tie_word_embeddings=False,
+        num_key_value_heads=4, num_hidden_layers=3, layer_types=["full_attention", "conv", "full_attention"],
+        norm_eps=1e-6),
+    # ⌊2 · 100 / 3⌋ = 66, 2 · 66 = 132, rounded up to a multiple of 8: 136
+    "mqa-kernel-2-integer-multiplier": dict(block_ffn_dim_multiplier=2, block_multiple_of=8, num_key_value_heads=1,
+                                            conv_L_cache=2,
+                                            num_attention_heads=6, num_hidden_layers=3,
+                                            layer_types=["conv", "full_attention", "conv"]),
+}
+
+
+@pytest.mark.parametrize("overrides", list(LFM2.values()), ids=list(LFM2))
+def test_lfm2(overrides):
+    hf = _lfm2(**overrides)
+    model = check_conversion(hf)
+    types = overrides.get("layer_types", ["conv", "conv", "full_attention", "conv"])
+    assert [b.mixer.registered_name for b in model.blocks] == ["short_conv" if t == "conv" else "attention" for t in types]
+    width = hf.model.layers[0].feed_forward.w1.out_features
+    assert lfm2_ffn_width(hf.config) == width == model.blocks[0].ffn.down.in_features
+    assert width == {"gqa-tied-adjusted-ffn": 96, "conv-bias-untied-attention-first-plain-ffn": 40,
+                     "mqa-kernel-2-integer-multiplier": 136}[next(k for k, v in LFM2.items() if v is overrides)]
+    assert model.config.tie_embeddings == overrides.get("tie_word_embeddings", True)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
+    (dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"]), r"layer_types\[1\]='sliding_attention'"),
+])
+def test_lfm2_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_lfm2(**overrides))
+
+
+def test_a_saved_lfm2_directory_loads_by_its_model_type(tmp_path):
+    hf = _lfm2()
+    randomise(hf, 2)
+    hf.save_pretrained(tmp_path / "lfm2")
+    model = load_pretrained(tmp_path / "lfm2")
+    tokens = torch.randint(0, 91, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert_rel_close(model(tokens), hf.eval()(tokens).logits, what="loaded from the directory")
