@@ -69,3 +69,61 @@ def test_a_saved_lfm2_directory_loads_by_its_model_type(tmp_path):
     tokens = torch.randint(0, 91, (1, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert_rel_close(model(tokens), hf.eval()(tokens).logits, what="loaded from the directory")
+
+
+def _recurrent_gemma(**overrides):
+    if not hasattr(transformers, "RecurrentGemmaConfig"):
+        pytest.skip("this transformers has no RecurrentGemma")
+    fields = dict(vocab_size=89, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, lru_width=60, attention_window_size=6, conv1d_width=4, logits_soft_cap=3.0,
+                  rms_norm_eps=1e-6, block_types=["recurrent", "recurrent", "attention"],
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                  tie_word_embeddings=True)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    return transformers.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(**fields))
+
+
+RECURRENT_GEMMA = {
+    # window 6 < 23 tokens: the rolling cache; a cap of 3 on logits of that order: tanh far from linear
+    "gqa-wider-recurrence-window-6-tied": {},
+    "attention-first-biases-full-rotary-untied": dict(
+        attention_bias=True, num_key_value_heads=4, lru_width=48, attention_window_size=40, conv1d_width=2,
+        logits_soft_cap=30.0, num_hidden_layers=3, block_types=["attention", "recurrent"], tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0}),
+}
+
+
+def _recurrent_gemma_cached_decode(hf, tokens, prefill: int) -> torch.Tensor:
+    """transformers' RecurrentGemma keeps its recurrent states in its modules and returns no cache: set them up
+    as its generate() does (``_setup_cache``), hand it the attention cache, prefill, then one token at a time.
+    Positions are passed, as generate() does: inferred, they come from the cache's first layer, which for a
+    recurrent first block holds no tokens, so every decoded token would be taken for position 0 (RoPE and the
+    recurrence's reset wrong: 0.3 relative error from its own forward on the first configuration below)."""
+    hf._setup_cache(hf.config, tokens.shape[0], tokens.device, hf.dtype)
+    cache = transformers.DynamicCache(config=hf.config)
+    logits = [hf(tokens[:, :prefill], cache=cache, use_cache=True, position_ids=torch.arange(prefill)[None]).logits]
+    for t in range(prefill, tokens.shape[1]):
+        logits.append(hf(tokens[:, t:t + 1], cache=cache, use_cache=True, position_ids=torch.tensor([[t]])).logits)
+    return torch.cat(logits, dim=1)
+
+
+@pytest.mark.parametrize("overrides", list(RECURRENT_GEMMA.values()), ids=list(RECURRENT_GEMMA))
+def test_recurrent_gemma(overrides):
+    hf = _recurrent_gemma(**overrides)
+    model = check_conversion(hf, norm_offset=0.0, hf_decode=_recurrent_gemma_cached_decode)  # (1 + w) norms
+    kinds = hf.config.layers_block_type
+    assert [b.mixer.registered_name for b in model.blocks] == ["rglru" if k == "linear_attention" else "attention"
+                                                               for k in kinds]
+    assert model.config.embed_scale == float(hf.model.normalizer) != hf.config.hidden_size ** 0.5  # bfloat16's √d
+    attention = next(b.mixer for b in model.blocks if b.mixer.registered_name == "attention")
+    assert attention.window == hf.config.attention_window_size
+    assert attention.rope_dims == int(attention.head_dim * hf.config.rope_parameters["partial_rotary_factor"])
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_activation="gelu"), "hidden_activation='gelu'"),
+])
+def test_recurrent_gemma_refuses_what_it_cannot_represent(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        from_transformers(_recurrent_gemma(**overrides))
