@@ -1,7 +1,7 @@
 """Interoperability: models from other libraries in, seqmix models out.
 
 * ``from_transformers(hf_model) -> SeqMixLM``: Hugging Face transformers causal LMs of the classes in
-  ``CONVERTERS`` (Mamba, Mamba-2, RWKV-4, Qwen3-Next, LFM2, RecurrentGemma, ...), same logits; a setting that cannot be represented
+  ``CONVERTERS`` (Mamba, Mamba-2, RWKV-4, Qwen3-Next, LFM2, RecurrentGemma, xLSTM, ...), same logits; a setting that cannot be represented
   exactly is refused by name.
 * ``from_ttt_reference(state_dict, config) -> SeqMixLM``: the official ttt-lm-pytorch ``TTTForCausalLM``
   (TTT-Linear / TTT-MLP, Transformer or Mamba backbone), from its state dict and ``TTTConfig`` fields.
@@ -13,9 +13,9 @@
 
 Only the transformers-facing parts import transformers, and only when used.
 """
-from seqmix.interop import gated_delta, kimi, lfm2, recurrent_gemma  # register their converters
+from seqmix.interop import gated_delta, kimi, lfm2, recurrent_gemma, xlstm  # register their converters
 
-del gated_delta, kimi, lfm2, recurrent_gemma
+del gated_delta, kimi, lfm2, recurrent_gemma, xlstm
 from seqmix.interop.convert import CONVERTERS, from_transformers
 from seqmix.interop.ttt_reference import from_ttt_reference
 
