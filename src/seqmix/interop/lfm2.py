@@ -55,7 +55,8 @@ def lfm2(hf) -> tuple[ModelConfig, dict]:
                          ffn_options={"hidden": lfm2_ffn_width(c)},
                          tie_embeddings=_tied(hf.lm_head.weight, hf.model.embed_tokens.weight))
     state = {name: t.detach() for name, t in hf.state_dict().items()}
-    out = {"embed.weight": state.pop("model.embed_tokens.weight"), "norm.weight": state.pop("model.embedding_norm.weight")}
+    out = {"embed.weight": state.pop("model.embed_tokens.weight"),
+           "norm.weight": state.pop("model.embedding_norm.weight")}
     if "lm_head.weight" in state:
         out["head.weight"] = state.pop("lm_head.weight")
     for i, kind in enumerate(c.layer_types[:c.num_hidden_layers]):

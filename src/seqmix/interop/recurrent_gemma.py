@@ -49,7 +49,8 @@ def recurrent_gemma(hf) -> tuple[ModelConfig, dict]:
                          embed_scale=float(hf.model.normalizer), logit_soft_cap=float(c.logits_soft_cap),
                          tie_embeddings=_tied(hf.lm_head.weight, hf.model.embed_tokens.weight))
     state = {name: t.detach() for name, t in hf.state_dict().items()}
-    out = {"embed.weight": state.pop("model.embed_tokens.weight"), "norm.weight": state.pop("model.final_norm.weight") + 1}
+    out = {"embed.weight": state.pop("model.embed_tokens.weight"),
+           "norm.weight": state.pop("model.final_norm.weight") + 1}
     if "lm_head.weight" in state:
         out["head.weight"] = state.pop("lm_head.weight")
     for i, kind in enumerate(kinds):
@@ -59,7 +60,8 @@ def recurrent_gemma(hf) -> tuple[ModelConfig, dict]:
         out[b + "norm2.weight"] = state.pop(p + "channel_pre_norm.weight") + 1
         if kind == "linear_attention":
             for part in ("weight", "bias"):
-                out[m + f"in_proj.{part}"] = torch.cat([state.pop(t + f"linear_y.{part}"), state.pop(t + f"linear_x.{part}")])
+                out[m + f"in_proj.{part}"] = torch.cat([state.pop(t + f"linear_y.{part}"),
+                                                        state.pop(t + f"linear_x.{part}")])
                 out[m + f"conv.conv.{part}"] = state.pop(t + f"conv_1d.{part}")
                 out[m + f"out.{part}"] = state.pop(t + f"linear_out.{part}")
                 out[m + f"gate_a.{part}"] = state.pop(t + f"rg_lru.recurrent_gate_{part}")
