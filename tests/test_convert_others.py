@@ -1,16 +1,26 @@
-"""Converters of the other recurrent hybrids in transformers (LFM2, ...), checked as in test_convert_hybrids:
-one shot and token by token through seqmix's state against transformers' own forward and cached decode."""
+"""Converters of the other recurrent hybrids in transformers (LFM2, RecurrentGemma, xLSTM), checked as in
+test_convert_hybrids: one shot and token by token through seqmix's state against transformers' own forward and
+cached decode, the latter first checked within 1e-5 of transformers' forward (so the decode bound is 1e-5)."""
 from unittest import mock
 
 import pytest
 import torch
 
 from helpers import assert_rel_close, randomise
-from test_convert_hybrids import check_conversion
+from test_convert_hybrids import _hf_cached_decode, check_conversion
 from seqmix.interop import from_transformers, load_pretrained
 from seqmix.interop.lfm2 import lfm2_ffn_width
 
 transformers = pytest.importorskip("transformers")
+
+
+def _consistent(decode=_hf_cached_decode):
+    """transformers' cached decode, asserted within 1e-5 of its own forward before it serves as the oracle."""
+    def run(hf, tokens, prefill):
+        logits = decode(hf, tokens, prefill)
+        assert_rel_close(logits, hf(tokens, use_cache=False).logits, what="transformers' cached decode vs its forward")
+        return logits
+    return run
 
 
 def _lfm2(**overrides):
@@ -44,9 +54,10 @@ LFM2 = {
 @pytest.mark.parametrize("overrides", list(LFM2.values()), ids=list(LFM2))
 def test_lfm2(overrides):
     hf = _lfm2(**overrides)
-    model = check_conversion(hf)
+    model = check_conversion(hf, hf_decode=_consistent())
     types = overrides.get("layer_types", ["conv", "conv", "full_attention", "conv"])
-    assert [b.mixer.registered_name for b in model.blocks] == ["short_conv" if t == "conv" else "attention" for t in types]
+    assert [b.mixer.registered_name for b in model.blocks] == ["short_conv" if t == "conv" else "attention"
+                                                               for t in types]
     width = hf.model.layers[0].feed_forward.w1.out_features
     assert lfm2_ffn_width(hf.config) == width == model.blocks[0].ffn.down.in_features
     assert width == {"gqa-tied-adjusted-ffn": 96, "conv-bias-untied-attention-first-plain-ffn": 40,
@@ -56,7 +67,8 @@ def test_lfm2(overrides):
 
 @pytest.mark.parametrize("overrides, field", [
     (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "rope_type"),
-    (dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"]), r"layer_types\[1\]='sliding_attention'"),
+    (dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"]),
+     r"layer_types\[1\]='sliding_attention'"),
 ])
 def test_lfm2_refuses_what_it_cannot_represent(overrides, field):
     with pytest.raises(ValueError, match=field):
@@ -113,7 +125,8 @@ def _recurrent_gemma_cached_decode(hf, tokens, prefill: int) -> torch.Tensor:
 @pytest.mark.parametrize("overrides", list(RECURRENT_GEMMA.values()), ids=list(RECURRENT_GEMMA))
 def test_recurrent_gemma(overrides):
     hf = _recurrent_gemma(**overrides)
-    model = check_conversion(hf, norm_offset=0.0, hf_decode=_recurrent_gemma_cached_decode)  # (1 + w) norms
+    # its norms scale by (1 + w)
+    model = check_conversion(hf, norm_offset=0.0, hf_decode=_consistent(_recurrent_gemma_cached_decode))
     kinds = hf.config.layers_block_type
     assert [b.mixer.registered_name for b in model.blocks] == ["rglru" if k == "linear_attention" else "attention"
                                                                for k in kinds]
@@ -148,9 +161,10 @@ def _xlstm(**overrides):
 
 # Exponential gating makes these random models sensitive to float32 rounding: transformers' own float32 logits lie
 # up to ~1e-5 from its float64 ones with three or more blocks, so the configurations keep two (at most 7.6e-6 over
-# five seeds); the blocks' exactness is checked in float64 below. transformers' xLSTMCache sizes its states by d · qk_dim_factor and d · v_dim_factor rounded up to multiples of 64,
-# its layers by those products floored: its cached decode runs only where they are multiples of 64 (as in
-# xLSTM-7B), so these configurations keep them so; other widths are checked one shot below
+# five seeds); the blocks' exactness is checked in float64 below. transformers' xLSTMCache sizes its states by
+# d · qk_dim_factor and d · v_dim_factor rounded up to multiples of 64, its layers by those products floored: its
+# cached decode runs only where they are multiples of 64 (as in xLSTM-7B), so these configurations keep them so;
+# other widths are checked one shot below
 XLSTM = {
     # prefill 9 = one chunk of 8 and one step; decode by transformers' step kernel
     "separate-projections-chunk-8": {},
@@ -163,7 +177,7 @@ XLSTM = {
 @pytest.mark.parametrize("overrides", list(XLSTM.values()), ids=list(XLSTM))
 def test_xlstm(overrides):
     hf = _xlstm(**overrides)
-    model = check_conversion(hf)
+    model = check_conversion(hf, hf_decode=_consistent())
     layer, mixer = hf.backbone.blocks[0].mlstm_layer, model.blocks[0].mixer
     assert mixer.widths == (layer.qk_dim, layer.qk_dim, layer.v_dim, layer.v_dim)
     assert model.blocks[0].ffn.down.in_features == hf.backbone.blocks[0].ffn.up_proj_dim

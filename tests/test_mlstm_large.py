@@ -11,9 +11,10 @@ F64 = torch.float64
 
 
 def _written_out(m, x):
-    """C_t = f_t C_{t−1} + i_t k_t v_tᵀ, n_t = f_t n_{t−1} + i_t k_t, h_t = C_tᵀ q̂_t / (max(|n_tᵀ q̂_t|, e^{−m_t}) + eps),
-    q̂ = q / √d_qk, i = e^ĩ, f = σ(f̃), gates soft-capped; in true (unstabilised) units: the stabilised state is the
-    true one times e^{−m_t}, m_t = max(log f_t + m_{t−1}, ĩ_t), m_0 = 0."""
+    """The true (unstabilised) state C_t = f_t C_{t−1} + i_t k_t v_tᵀ, n_t = f_t n_{t−1} + i_t k_t (i = e^ĩ,
+    f = σ(f̃), gates soft-capped) and h_t = e^{−m_t} C_tᵀ q̂_t / (e^{−m_t} max(|n_tᵀ q̂_t|, 1) + eps), q̂ = q / √d_qk,
+    m_t = max(log f_t + m_{t−1}, ĩ_t), m_0 = 0: the stabilised form's output (its state is the true one times
+    e^{−m_t})."""
     B, T, _ = x.shape
     H = m.n_heads
     dq, dv = m.widths[0] // H, m.widths[2] // H
@@ -26,7 +27,8 @@ def _written_out(m, x):
     C, n, mm = torch.zeros(B, H, dq, dv, dtype=F64), torch.zeros(B, H, dq, dtype=F64), torch.zeros(B, H, dtype=F64)
     outs = []
     for t in range(T):
-        C = log_f[:, t].exp()[..., None, None] * C + log_i[:, t].exp()[..., None, None] * k[:, t, :, :, None] * v[:, t, :, None]
+        kv = k[:, t, :, :, None] * v[:, t, :, None]
+        C = log_f[:, t].exp()[..., None, None] * C + log_i[:, t].exp()[..., None, None] * kv
         n = log_f[:, t].exp()[..., None] * n + log_i[:, t].exp()[..., None] * k[:, t]
         mm = torch.maximum(log_f[:, t] + mm, log_i[:, t])
         num = (q[:, t, :, :, None] * C).sum(-2)
@@ -37,8 +39,8 @@ def _written_out(m, x):
     return (torch.sigmoid(o) * h.reshape(B, T, -1) * m.norm_weight) @ m.out.weight.t()
 
 
-@pytest.mark.parametrize("options", [{"chunk_size": 4}, {"qk_dim": 6, "v_dim": 10, "gate_soft_cap": None, "chunk_size": 8,
-                                                         "eps": 1e-3, "norm_eps": 1e-2}])
+@pytest.mark.parametrize("options", [{"chunk_size": 4}, {"qk_dim": 6, "v_dim": 10, "gate_soft_cap": None,
+                                                         "chunk_size": 8, "eps": 1e-3, "norm_eps": 1e-2}])
 def test_mlstm_large_follows_its_recurrence_one_shot_and_through_the_state(options):
     torch.manual_seed(0)
     m = MIXERS.build("mlstm_large", 12, 2, options=options).double()

@@ -75,7 +75,8 @@ def recurrent_gemma(hf) -> tuple[ModelConfig, dict]:
                         m + "out.weight": state.pop(t + "o_proj.weight"), m + "out.bias": state.pop(t + "o_proj.bias")})
         f = p + "mlp_block."
         for part in ("weight", "bias"):
-            out[b + f"ffn.gate_up.{part}"] = torch.cat([state.pop(f + f"gate_proj.{part}"), state.pop(f + f"up_proj.{part}")])
+            out[b + f"ffn.gate_up.{part}"] = torch.cat([state.pop(f + f"gate_proj.{part}"),
+                                                         state.pop(f + f"up_proj.{part}")])
             out[b + f"ffn.down.{part}"] = state.pop(f + f"down_proj.{part}")
     _nothing_left(state, source)
     return config, out

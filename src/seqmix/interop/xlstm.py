@@ -36,8 +36,8 @@ def xlstm(hf) -> tuple[ModelConfig, dict]:
                          norm_eps=c.norm_eps, logit_soft_cap=c.output_logit_soft_cap,
                          tie_embeddings=_tied(hf.lm_head.weight, hf.backbone.embeddings.weight))
     state = {name: t.detach() for name, t in hf.state_dict().items()}
-    out = {"embed.weight": state.pop("backbone.embeddings.weight"), "norm.weight": state.pop("backbone.out_norm.weight"),
-           "head.weight": state.pop("lm_head.weight")}
+    out = {"embed.weight": state.pop("backbone.embeddings.weight"),
+           "norm.weight": state.pop("backbone.out_norm.weight"), "head.weight": state.pop("lm_head.weight")}
     fused = c.weight_mode == "fused"
     for i in range(c.num_blocks):
         p, b = f"backbone.blocks.{i}.", f"blocks.{i}."
