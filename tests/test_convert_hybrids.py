@@ -42,13 +42,14 @@ def _seqmix_decode(model, tokens, prefill: int) -> torch.Tensor:
 
 
 def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm_offset: float = 1.0,
-                     decode_oracle: str = "cached"):
+                     decode_oracle: str = "cached", hf_decode=_hf_cached_decode):
     """One shot within 1e-5 of transformers' forward; token by token through seqmix's state within 1e-5 of
     transformers' own cached decode, or within twice that decode's own disagreement with its forward where that
     is larger (its delta-rule kernels run in float32 whatever the model's dtype, and a model with β up to 2
     amplifies float32 rounding) — a disagreement above 1e-4 is a transformers bug, and the test must say so with
     ``decode_oracle="forward"``: then seqmix's decode is held to transformers' forward instead. And seqmix's
-    decode exact in float64."""
+    decode exact in float64. ``hf_decode(hf, tokens, prefill)`` runs transformers' cached decode (for classes
+    whose cache differs)."""
     randomise(hf, seed, norm_offset)
     hf.eval()
     tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
@@ -56,7 +57,7 @@ def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm
         reference = hf(tokens, use_cache=False).logits
         model = from_transformers(hf)
         assert_rel_close(model(tokens), reference, what="one shot")
-        theirs = _hf_cached_decode(hf, tokens, prefill)
+        theirs = hf_decode(hf, tokens, prefill)
         ours = _seqmix_decode(model, tokens, prefill)
         own_disagreement = assert_rel_close(theirs, reference, rtol=1.0)
         if decode_oracle == "cached":

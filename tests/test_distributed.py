@@ -157,7 +157,8 @@ CU = torch.tensor([0, 5, 6, 17, 23, 30, 46])  # a one-token document; 23 is also
 
 
 PRODUCTION_SETTINGS = [("attention", 0, {"n_kv_heads": 1, "qk_norm": "all", "rope_fraction": 0.5, "output_gate": True}),
-                       ("gated_deltanet", 0, {"n_k_heads": 1, "head_dim_k": 8, "head_dim_v": 12})]
+                       ("gated_deltanet", 0, {"n_k_heads": 1, "head_dim_k": 8, "head_dim_v": 12}),
+                       ("rglru", 0, {"bias": True, "reset_first": True})]
 
 
 @pytest.mark.parametrize("mixer, mixer_conv, options", [(m, 0, {}) for m in available_mixers()]

@@ -64,6 +64,8 @@ def test_per_layer_pattern_list_with_options():
     (dict(pattern=["gla", "gla"], n_layers=2, mixer_options={"mamba": {}}), "key options by mixer name"),
     (dict(mixer="attention", mixer_options={"window": 0}), "window=0"),
     (dict(mixer_conv=-1), "mixer_conv=-1"),
+    (dict(embed_scale=0.0), "ModelConfig.embed_scale=0.0: must be a positive number or None"),
+    (dict(logit_soft_cap=True), "ModelConfig.logit_soft_cap=True: must be a positive number or None"),
 ])
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError) as err:
@@ -123,3 +125,33 @@ def test_post_norm_blocks_normalise_the_sublayer_outputs():
 def test_layer_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**{"d_model": 32, "n_heads": 2, **kwargs})
+
+
+def test_embedding_scale_and_logit_soft_cap():
+    """x = embed_scale · embed(tokens) into the first block; logits = cap · tanh(head(norm x) / cap)."""
+    config = ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=2, embed_scale=5.5, logit_soft_cap=0.1)
+    model = assert_any_split(config)
+    tokens = torch.randint(0, 256, (2, 7))
+    with torch.no_grad():
+        x = model.embed(tokens) * 5.5
+        for block in model.blocks:
+            x = block(x)[0]
+        raw = model.head(model.norm(x))
+        assert torch.allclose(model(tokens), 0.1 * torch.tanh(raw / 0.1), atol=1e-12, rtol=0)
+        assert raw.abs().max() > 0.1 > model(tokens).abs().max()  # the cap binds
+
+
+def test_swiglu_gelu_tanh_with_biases_is_gemmas_gated_mlp():
+    """activation="gelu_tanh", bias=True: y = W_d (gelu_tanh(W_g x + b_g) ⊙ (W_u x + b_u)) + b_d."""
+    from seqmix.ffn import FFNS
+    torch.manual_seed(0)
+    ffn = FFNS.build("swiglu", 8, options={"hidden": 6, "activation": "gelu_tanh", "bias": True}).double()
+    with torch.no_grad():
+        for p in ffn.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    gate, up = (x @ ffn.gate_up.weight.t() + ffn.gate_up.bias).split(6, -1)
+    expected = (torch.nn.functional.gelu(gate, approximate="tanh") * up) @ ffn.down.weight.t() + ffn.down.bias
+    assert torch.allclose(ffn(x)[0], expected, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="activation='relu'"):
+        FFNS.build("swiglu", 8, options={"activation": "relu"})

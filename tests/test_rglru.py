@@ -89,7 +89,48 @@ def test_decay_initialisation_and_range():
     assert rho.min() >= 0.9 - 1e-6 and rho.max() <= 0.999 + 1e-6
 
 
-@pytest.mark.parametrize("options", [{}, {"expand": 1.5, "conv_size": 2, "chunk_size": 5}])
+def _recurrent_block_written_out(m, x):
+    """RecurrentGemma's recurrent block, token by token: g = gelu_tanh(W_g x + b_g), u = conv(W_u x + b_u),
+    r, i = σ(blockdiag(u)), log a = −c r softplus(Λ), h_t = a_t h_{t−1} + √(1 − a_t²) i_t u_t but h_0 = i_0 u_0,
+    y = W_o (h ⊙ g) + b_o."""
+    g, u = (x @ m.in_proj.weight.t() + m.in_proj.bias).chunk(2, -1)
+    K, w = m.conv.kernel_size, m.conv.conv.weight[:, 0]
+    padded = F.pad(u, (0, 0, K - 1, 0))
+    u = torch.stack([(padded[:, t:t + K] * w.t()).sum(1) for t in range(x.shape[1])], 1) + m.conv.conv.bias
+
+    def blockdiag(layer, v):
+        return torch.einsum("bthi,hij->bthj", v.unflatten(-1, (m.n_heads, -1)), layer.weight).flatten(-2) + \
+            layer.bias.flatten()
+    r, i = torch.sigmoid(blockdiag(m.gate_a, u)), torch.sigmoid(blockdiag(m.gate_x, u))
+    a = torch.exp(-m.c * r * F.softplus(m.log_lambda))
+    h, outs = torch.zeros_like(u[:, 0]), []
+    for t in range(x.shape[1]):
+        h = i[:, t] * u[:, t] if t == 0 else a[:, t] * h + (1 - a[:, t] ** 2).sqrt() * i[:, t] * u[:, t]
+        outs.append(h)
+    return (torch.stack(outs, 1) * F.gelu(g, approximate="tanh")) @ m.out.weight.t() + m.out.bias
+
+
+def test_recurrent_gemma_settings_bias_and_reset_at_the_first_token():
+    torch.manual_seed(0)
+    m = MIXERS.build("rglru", 8, 2, options={"bias": True, "reset_first": True, "chunk_size": 4}).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    expected = _recurrent_block_written_out(m, x)
+    assert_close(m(x)[0], expected, what="one shot")
+    state, pieces = m.init_state(2), []
+    for lo, hi in ((0, 1), (1, 2), (2, 7), (7, 8), (8, 11)):
+        y, state = m(x[:, lo:hi], state)
+        pieces.append(y)
+    assert_close(torch.cat(pieces, 1), expected, what="through the state")
+    assert state["pos"].tolist() == [11, 11]
+    small = x[:1, :6].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: m(v)[0], (small,))
+
+
+@pytest.mark.parametrize("options", [{}, {"expand": 1.5, "conv_size": 2, "chunk_size": 5},
+                                     {"bias": True, "reset_first": True, "chunk_size": 4}])
 def test_model_any_split(options):
     assert_any_split(ModelConfig(mixer="rglru", d_model=32, n_layers=2, n_heads=2, mixer_options=options))
 
@@ -100,6 +141,7 @@ def test_model_any_split(options):
     ({"conv_size": 0}, "conv_size=0"),
     ({"c": -1.0}, "c=-1.0"),
     ({"chunk_size": 0}, "chunk_size=0"),
+    ({"reset_first": 1}, "reset_first=1: must be True or False"),
 ])
 def test_bad_options_raise(options, message):
     with pytest.raises(ValueError) as err:

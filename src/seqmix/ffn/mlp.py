@@ -8,7 +8,8 @@ from seqmix.ffn.base import FFN, register_ffn
 from seqmix.layers import Linear
 from seqmix.registry import POSITIVE, Annotated, Literal
 
-ACTIVATIONS = {"relu2": lambda x: torch.square(F.relu(x)), "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+ACTIVATIONS = {"relu2": lambda x: torch.square(F.relu(x)), "relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+               "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 @register_ffn("mlp")

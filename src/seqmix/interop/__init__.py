@@ -1,8 +1,8 @@
 """Interoperability: models from other libraries in, seqmix models out.
 
 * ``from_transformers(hf_model) -> SeqMixLM``: Hugging Face transformers causal LMs of the classes in
-  ``CONVERTERS`` (Mamba, Mamba-2, RWKV-4, Qwen3-Next, ...), same logits; a setting that cannot be represented
-  exactly is refused by name.
+  ``CONVERTERS`` (Mamba, Mamba-2, RWKV-4, Qwen3-Next, LFM2, RecurrentGemma, xLSTM, ...), same logits; a setting
+  that cannot be represented exactly is refused by name.
 * ``from_ttt_reference(state_dict, config) -> SeqMixLM``: the official ttt-lm-pytorch ``TTTForCausalLM``
   (TTT-Linear / TTT-MLP, Transformer or Mamba backbone), from its state dict and ``TTTConfig`` fields.
 * ``SeqMixConfig`` / ``SeqMixForCausalLM`` (needs the ``seqmix[hf]`` extra): any seqmix model as a
@@ -13,9 +13,9 @@
 
 Only the transformers-facing parts import transformers, and only when used.
 """
-from seqmix.interop import gated_delta, kimi, mamba_hybrids, minimax  # register their converters
+from seqmix.interop import gated_delta, kimi, lfm2, mamba_hybrids, minimax, recurrent_gemma, xlstm  # register
 
-del gated_delta, kimi, mamba_hybrids, minimax
+del gated_delta, kimi, lfm2, mamba_hybrids, minimax, recurrent_gemma, xlstm
 from seqmix.interop.convert import CONVERTERS, from_transformers
 from seqmix.interop.ttt_reference import from_ttt_reference
 

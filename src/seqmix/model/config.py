@@ -64,6 +64,8 @@ class ModelConfig(DictConfig):
       set its own (OLMo-Hybrid's attention blocks are "post", its linear ones "pre"), and ``mixer_scales`` /
       ``ffn_scales`` (α, β) weighting the residual and the branch (α · residual + β · branch; MiniMax's).
     * ``embed_norm``: normalise the embeddings before the first block (RWKV's ln0).
+    * ``embed_scale``: multiply the embeddings by this number before the first block (Gemma's √d_model; None =
+      1); ``logit_soft_cap``: logits ← cap · tanh(logits / cap) (RecurrentGemma's 30; None = no cap).
     * ``mixer_conv``: kernel size of a causal depthwise convolution on every mixer's input, x + mixer(conv(norm
       x)) (Zoology's convention for recall experiments pairs every mixer with a kernel-3 one); 0 = none.
     """
@@ -84,6 +86,8 @@ class ModelConfig(DictConfig):
     embed_norm: bool = False
     final_norm_eps: float | None = None
     mixer_conv: int = 0
+    embed_scale: float | None = None
+    logit_soft_cap: float | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads"):
@@ -101,6 +105,10 @@ class ModelConfig(DictConfig):
                 continue
             if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
                 raise ValueError(f"ModelConfig.{name}={eps!r}: must be a positive number" + (" or None" * optional))
+        for name in ("embed_scale", "logit_soft_cap"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+                raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive number or None")
         if not isinstance(self.embed_norm, bool):
             raise ValueError(f"ModelConfig.embed_norm={self.embed_norm!r}: must be True or False")
         if not isinstance(self.mixer_options, dict) or not isinstance(self.ffn_options, dict):

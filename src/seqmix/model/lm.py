@@ -168,6 +168,8 @@ class SeqMixLM(nn.Module):
 
     def _run(self, tokens: torch.Tensor, state: list | None):
         x = self.embed(tokens)
+        if self.config.embed_scale is not None:
+            x = x * self.config.embed_scale
         shared: dict = {EMBEDDINGS: x}
         if self.embed_norm is not None:
             x = self.embed_norm(x)
@@ -180,6 +182,9 @@ class SeqMixLM(nn.Module):
                 x, s = block(x, None if state is None else state[i], shared)
             new_state.append(s)
         logits = self.head(self.norm(x))
+        if self.config.logit_soft_cap is not None:
+            cap = self.config.logit_soft_cap
+            logits = torch.tanh(logits / cap) * cap
         return logits if state is None else (logits, new_state)
 
 
