@@ -3,10 +3,13 @@ per output row (weight-only quantization), while activations, recurrent states, 
 stay in the model's float32.
 
     bfloat16:  y = (x_bf16 W_bf16ᵀ) in float32
-    int8:      y = (x Qᵀ) ⊙ s,  Q = round(W / s) ∈ [−127, 127],  s_o = max_i |W_oi| / 127   (per output row o)
+    int8:      y = (x_bf16 Qᵀ) ⊙ s,  Q = round(W / s) ∈ [−127, 127],  s_o = max_i |W_oi| / 127   (per output row o)
 
-The int8 product is torch's own CPU kernel for weight-only int8 (``torch._weight_int8pack_mm``, the one
-torchao's int8 weight-only path calls on CPU): it reads a quarter of float32's bytes.
+The few-row int8 product (decoding: at most ``FEW_ROWS`` rows) is torch's own CPU kernel for weight-only int8
+(``torch._weight_int8pack_mm``, the one torchao's int8 weight-only path calls on CPU): it reads a quarter of
+float32's bytes, and needs bfloat16 activations to be fast (with float32 ones it is 10× slower here). Longer
+inputs (prefill) are compute-bound, and this CPU's bfloat16 GEMM runs at a seventh of its float32 one: there
+the weight is widened to float32 for the product (the same values, rounded activations aside).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 LOW_PRECISION = ("bfloat16", "int8")
+FEW_ROWS = 64  # up to this many rows, the low-precision kernels; beyond, the float32 GEMM on a widened weight
 
 
 class WeightOnlyLinear(nn.Module):
@@ -41,10 +45,17 @@ class WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.dtype == "bfloat16":
+        # torch 2.13's int8 kernel with bfloat16 activations crashes (segfault) unless in_features % 8 == 0
+        widen = flat.shape[0] > FEW_ROWS or (self.dtype == "int8" and self.in_features % 8)
+        if widen:  # compute-bound, or no safe kernel: float32 GEMM on the widened weight
+            w = self.weight_bf16 if self.dtype == "bfloat16" else self.weight_int8
+            w = w.to(x.dtype) if self.dtype == "bfloat16" else w.to(x.dtype) * self.scale.to(x.dtype)[:, None]
+            y = flat.to(torch.bfloat16).to(x.dtype) @ w.t()
+        elif self.dtype == "bfloat16":
             y = (flat.to(torch.bfloat16) @ self.weight_bf16.t()).to(x.dtype)
         else:
-            y = torch._weight_int8pack_mm(flat.contiguous(), self.weight_int8, self.scale.to(x.dtype))
+            y = torch._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.weight_int8,
+                                          self.scale.to(torch.bfloat16)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
