@@ -189,6 +189,14 @@ def jamba(hf) -> tuple[ModelConfig, dict]:
     return config, out
 
 
+def _mamba2_entry(c) -> dict:
+    """The Mamba-2 layer of Bamba's and Granite-4.0-H's configs (their ``mamba_*`` fields)."""
+    return {"mixer": "mamba2", "options": dict(
+        expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
+        ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
+        conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
+
+
 @register_converter("BambaForCausalLM", "bamba")
 def bamba(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "BambaForCausalLM"
@@ -197,10 +205,7 @@ def bamba(hf) -> tuple[ModelConfig, dict]:
     attention = {"mixer": "attention", "options": dict(
         n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
         bias=bool(c.attention_bias), **_rope(source, c))}
-    mamba2 = {"mixer": "mamba2", "options": dict(
-        expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
-        ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
-        conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
+    mamba2 = _mamba2_entry(c)
     kinds = c.layers_block_type
     pattern = [attention if kind == "full_attention" else mamba2 for kind in kinds]
     config = ModelConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=1,
@@ -232,10 +237,7 @@ def granite_moe_hybrid(hf) -> tuple[ModelConfig, dict]:
     attention = {"mixer": "attention", "options": dict(
         n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
         bias=bool(c.attention_bias), rope=use_rope, **(_rope(source, c) if use_rope else {}))}
-    mamba2 = {"mixer": "mamba2", "options": dict(
-        expand=c.mamba_expand, d_state=c.mamba_d_state, headdim=c.mamba_d_head,
-        ngroups=c.mamba_n_groups, d_conv=c.mamba_d_conv, bias=bool(c.mamba_proj_bias),
-        conv_bias=bool(c.mamba_conv_bias), norm_eps=c.rms_norm_eps, dt_limit=_dt_limit(c.time_step_limit))}
+    mamba2 = _mamba2_entry(c)
     experts = c.num_local_experts > 0
     if not experts and not c.shared_intermediate_size:
         _refuse(source, "shared_intermediate_size", 0, "a shared MLP when there are no experts")

@@ -19,7 +19,6 @@ a crash leaves either the complete checkpoint or none. A training run keeps its 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,20 +28,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
+from seqmix.data.sources import sha256_file
 from seqmix.data.tokenizer import TOKENIZER_FILE, ByteTokenizer, from_json, save_tokenizer
 
 FORMAT = "seqmix-checkpoint/1"
 MODEL_FILE, TRAINER_FILE, CONFIG_FILE, META_FILE = "model.safetensors", "trainer.safetensors", "config.json", "meta.json"
 SHARDED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
 LAYOUTS = ("full", "sharded")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
