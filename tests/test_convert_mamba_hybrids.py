@@ -16,6 +16,8 @@ transformers = pytest.importorskip("transformers")
 def _build(name: str, **fields):
     if not hasattr(transformers, name + "Config"):
         pytest.skip(f"this transformers has no {name}")
+    if int(transformers.__version__.split(".")[0]) < 5:  # 4.x: experts as modules, Jamba's CUDA-only Mamba path
+        pytest.skip("the hybrid converters follow transformers 5's layouts")
     torch.manual_seed(0)
     return getattr(transformers, name + "ForCausalLM")(getattr(transformers, name + "Config")(**fields))
 

@@ -240,3 +240,17 @@ def test_from_transformers_undoes_rwkv_inference_rescaling():
 def test_from_transformers_refuses_other_models():
     with pytest.raises(ValueError, match="Linear is not supported"):
         from_transformers(torch.nn.Linear(2, 2))
+
+
+def test_a_layout_the_converter_does_not_know_is_refused_clearly(monkeypatch):
+    from seqmix.interop import convert
+
+    class OtherLayoutForCausalLM(torch.nn.Module):
+        pass
+
+    def converter(hf):
+        return {}["model.layers.0.fused_qkv.weight"]  # a tensor this layout lacks
+
+    monkeypatch.setitem(convert.CONVERTERS, "OtherLayoutForCausalLM", ("other", converter))
+    with pytest.raises(ValueError, match="has no tensor 'model.layers.0.fused_qkv.weight': the converters follow"):
+        from_transformers(OtherLayoutForCausalLM())

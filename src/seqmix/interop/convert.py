@@ -21,6 +21,7 @@ What transformers builds, and what it becomes here:
 from __future__ import annotations
 
 import re
+import sys
 from typing import Callable
 
 import torch
@@ -181,7 +182,12 @@ def from_transformers(hf_model) -> SeqMixLM:
     kind = type(hf_model).__name__
     if kind not in CONVERTERS:
         raise ValueError(f"from_transformers: {kind} is not supported; supported: {sorted(CONVERTERS)}")
-    config, tensors = CONVERTERS[kind][1](hf_model)
+    try:
+        config, tensors = CONVERTERS[kind][1](hf_model)
+    except KeyError as missing:  # a layout other than the one the converter was written against
+        version = getattr(sys.modules.get("transformers"), "__version__", "?")
+        raise ValueError(f"from_transformers: {kind} has no tensor {missing}: the converters follow transformers "
+                         f"5.25's layouts, and this is transformers {version}") from None
     if config.tie_embeddings:
         tensors["head.weight"] = tensors["embed.weight"]
     model = SeqMixLM(config)
