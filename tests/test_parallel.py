@@ -36,3 +36,11 @@ def test_parallel_any_split():
 def test_parallel_refuses_bad_entries(mixers, message):
     with pytest.raises(ValueError, match=message):
         SeqMixLM(ModelConfig(mixer="parallel", d_model=16, n_layers=1, n_heads=2, mixer_options={"mixers": mixers}))
+
+
+def test_parallel_gradients_are_exact():
+    torch.manual_seed(0)
+    mixers = ["gla", {"mixer": "mamba2", "options": {"d_state": 2, "headdim": 4, "chunk_size": 4}}]
+    m = MIXERS.build("parallel", 8, 2, options={"mixers": mixers}).double()
+    x = torch.randn(1, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))

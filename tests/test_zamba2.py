@@ -26,3 +26,13 @@ def test_zamba2_hybrid_needs_the_embeddings():
         mixer(torch.randn(1, 3, 16))
     SeqMixLM(ModelConfig(mixer="zamba2_hybrid", d_model=16, n_layers=1, n_heads=2, mixer_options=OPTIONS))(
         torch.zeros(1, 3, dtype=torch.long))  # inside a model it has them
+
+
+def test_zamba2_hybrid_gradients_are_exact():
+    from seqmix.mixers.base import EMBEDDINGS
+
+    torch.manual_seed(0)
+    m = MIXERS.build("zamba2_hybrid", 16, 2, options=OPTIONS).double()
+    x = torch.randn(1, 5, 16, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(1, 5, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, e: m(x, None, {EMBEDDINGS: e})[0], (x, e))
