@@ -132,6 +132,14 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return [(int(d), int(n)) for d, n in sizes]
 
 
+def _write_json(path: Path | None, result: dict) -> None:
+    """Save the rows and the machine as JSON at --out, when given."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {path}")
+
+
 def _weight_dtypes(text: str) -> list[str]:
     from seqmix.layers.low_precision import LOW_PRECISION
 
@@ -205,10 +213,7 @@ def run(args) -> int:
                             args.min_time, note)
         result["rows"] += rows
         print(f"\ndecode latency per token after a context {_fmt_load(rows)}:\n" + _fmt_decode(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"\nwrote {args.out}")
+    _write_json(args.out, result)
     return 0
 
 
@@ -226,10 +231,7 @@ def _run_generate(args, mixers: list[str]) -> int:
     print(f"\ndecoding through sample(), greedy, float32, median [range] of {args.rounds} interleaved rounds of "
           f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth; products alone = the model's matrix "
           "products in the decode layout, nothing else:\n" + _fmt_generate(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": info, "read_gbs": read_gbs, "rows": rows}, indent=1))
-        print(f"\nwrote {args.out}")
+    _write_json(args.out, {"machine": info, "read_gbs": read_gbs, "rows": rows})
     return 0
 
 
@@ -249,10 +251,7 @@ def _run_hf_layers(args, mixers: list[str]) -> int:
                      f"{r['speedup']:.2f}× |")
     print(f"\none layer, batch 1, d_model {args.d_model}, {args.n_heads} heads of {args.d_model // args.n_heads}, "
           f"float32, no autograd, median [range] of {args.rounds} interleaved rounds:\n" + "\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
-        print(f"\nwrote {args.out}")
+    _write_json(args.out, {"machine": info, "rows": rows})
     return 0
 
 
@@ -279,8 +278,5 @@ def _run_train(args, mixers: list[str]) -> int:
                      f"{r['compile_s']:.0f} s | {r['first_loss_relative_difference']:.1e} |")
     print(f"\ntraining steps (forward, backward, AdamW), float32, median [range] of {args.rounds} interleaved rounds "
           f"{_fmt_load(rows)}:\n" + "\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
-        print(f"\nwrote {args.out}")
+    _write_json(args.out, {"machine": info, "rows": rows})
     return 0

@@ -39,6 +39,21 @@ def _require_silu(config, source: str) -> None:
         raise ValueError(f"{source}: hidden_act={act!r} is not supported (seqmix's Mamba mixers use SiLU)")
 
 
+def _refuse(source: str, field: str, value, allowed: str):
+    raise ValueError(f"{source}: config.{field}={value!r} cannot be represented exactly; seqmix converts {allowed}")
+
+
+def _require_silu_field(source: str, field: str, value) -> None:
+    if value not in ("silu", "swish"):
+        _refuse(source, field, value, "SiLU ('silu')")
+
+
+def _nothing_left(state: dict, source: str) -> None:
+    """Refuse a model whose state dict still holds tensors after the conversion took what it knows."""
+    if state:
+        raise ValueError(f"{source}: tensors {sorted(state)[:8]} have no seqmix counterpart (an unsupported variant?)")
+
+
 def _final_eps(norm_eps: float, final_eps: float) -> float | None:
     return None if final_eps == norm_eps else final_eps
 

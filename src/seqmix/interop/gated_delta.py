@@ -24,18 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from seqmix.interop.convert import _tied, register_converter
+from seqmix.interop.convert import _nothing_left, _refuse, _require_silu_field, _tied, register_converter
 from seqmix.model import ModelConfig
-
-
-def _refuse(source: str, field: str, value, allowed: str):
-    raise ValueError(f"{source}: config.{field}={value!r} cannot be represented exactly; seqmix converts {allowed}")
 
 
 def _silu_and_default_rope(c, source: str) -> dict:
     """Refuse an activation other than SiLU or a RoPE type other than the default; the RoPE parameters."""
-    if c.hidden_act not in ("silu", "swish"):
-        _refuse(source, "hidden_act", c.hidden_act, "SiLU ('silu')")
+    _require_silu_field(source, "hidden_act", c.hidden_act)
     rope = dict(getattr(c, "rope_parameters", None) or {})
     if rope.get("rope_theta") is not None and rope.get("rope_type", "default") != "default":
         _refuse(source, "rope_parameters['rope_type']", rope.get("rope_type"), "the default RoPE (or none)")
@@ -188,8 +183,3 @@ def olmo_hybrid(hf) -> tuple[ModelConfig, dict]:
         out[b + "ffn.down.weight"] = take(p + "mlp.down_proj.weight")
     _nothing_left(state, source)
     return config, out
-
-
-def _nothing_left(state: dict, source: str) -> None:
-    if state:
-        raise ValueError(f"{source}: tensors {sorted(state)[:8]} have no seqmix counterpart (an unsupported variant?)")

@@ -68,19 +68,13 @@ from __future__ import annotations
 
 import torch
 
-from seqmix.interop.convert import _mamba, _tied, register_converter
-from seqmix.interop.gated_delta import _nothing_left, _refuse
+from seqmix.interop.convert import _mamba, _nothing_left, _refuse, _require_silu_field, _tied, register_converter
 from seqmix.model import ModelConfig
 
 
 @register_converter("FalconMambaForCausalLM", "falcon_mamba")
 def falcon_mamba(hf) -> tuple[ModelConfig, dict]:
     return _mamba(hf, "FalconMambaForCausalLM", dt_bc_norm="rms", dt_bc_norm_eps=float(hf.config.mixer_rms_eps))
-
-
-def _require_silu(source: str, field: str, value) -> None:
-    if value not in ("silu", "swish"):
-        _refuse(source, field, value, "SiLU ('silu')")
 
 
 def _taker(hf):
@@ -143,7 +137,7 @@ def _mamba2(take, theirs: str, ours: str) -> dict[str, torch.Tensor]:
 @register_converter("JambaForCausalLM", "jamba")
 def jamba(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "JambaForCausalLM"
-    _require_silu(source, "hidden_act", c.hidden_act)
+    _require_silu_field(source, "hidden_act", c.hidden_act)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     attention = {"mixer": "attention", "options": dict(
         n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim, rope=False)}
@@ -200,7 +194,7 @@ def _mamba2_entry(c) -> dict:
 @register_converter("BambaForCausalLM", "bamba")
 def bamba(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "BambaForCausalLM"
-    _require_silu(source, "hidden_act", c.hidden_act)
+    _require_silu_field(source, "hidden_act", c.hidden_act)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     attention = {"mixer": "attention", "options": dict(
         n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
@@ -231,7 +225,7 @@ def bamba(hf) -> tuple[ModelConfig, dict]:
 @register_converter("GraniteMoeHybridForCausalLM", "granitemoehybrid")
 def granite_moe_hybrid(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "GraniteMoeHybridForCausalLM"
-    _require_silu(source, "hidden_act", c.hidden_act)
+    _require_silu_field(source, "hidden_act", c.hidden_act)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     use_rope = c.position_embedding_type == "rope"
     attention = {"mixer": "attention", "options": dict(
@@ -294,7 +288,7 @@ def _scaled(tensors: dict, names: tuple[str, ...], scale: float) -> dict[str, to
 def nemotron_h(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "NemotronHForCausalLM"
     kinds = list(c.layers_block_type)
-    _require_silu(source, "mamba_hidden_act", c.mamba_hidden_act)
+    _require_silu_field(source, "mamba_hidden_act", c.mamba_hidden_act)
     if c.mlp_hidden_act not in ("relu2", "relu", "gelu", "silu"):
         _refuse(source, "mlp_hidden_act", c.mlp_hidden_act, "'relu2', 'relu', 'gelu' and 'silu'")
     if "moe" in kinds:
@@ -363,7 +357,7 @@ def nemotron_h(hf) -> tuple[ModelConfig, dict]:
 @register_converter("FalconH1ForCausalLM", "falcon_h1")
 def falcon_h1(hf) -> tuple[ModelConfig, dict]:
     c, source = hf.config, "FalconH1ForCausalLM"
-    _require_silu(source, "hidden_act", c.hidden_act)
+    _require_silu_field(source, "hidden_act", c.hidden_act)
     rope = _rope(source, c)
     if rope.pop("rope_fraction") != 1.0:
         _refuse(source, "rope_parameters['partial_rotary_factor']", c.rope_parameters["partial_rotary_factor"],

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from seqmix.interop.convert import _tied, register_converter
-from seqmix.interop.gated_delta import _nothing_left, _refuse, _silu_and_default_rope
+from seqmix.interop.convert import _nothing_left, _refuse, _tied, register_converter
+from seqmix.interop.gated_delta import _silu_and_default_rope
 from seqmix.model import ModelConfig
 
 DERIVED_BUFFERS = ("query_decay", "key_decay", "diagonal_decay")  # functions of slope_rate and block_size

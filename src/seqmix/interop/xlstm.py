@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from seqmix.interop.convert import _tied, register_converter
-from seqmix.interop.gated_delta import _nothing_left, _refuse
+from seqmix.interop.convert import _nothing_left, _refuse, _tied, register_converter
 from seqmix.model import ModelConfig
 
 
