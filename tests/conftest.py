@@ -23,3 +23,45 @@ def corpus_dir(tmp_path_factory):
         for part in range(4):
             (root / f"{name[:-8]}_{part}.txt").write_bytes(texts[name][20000 + 4096 * part:20000 + 4096 * (part + 1)])
     return str(root)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--relative-errors", metavar="PATH", default=None,
+                     help="write every assert_rel_close result as JSON: for each test and check, how many ran and the "
+                          "largest relative error (the README's converters table)")
+
+
+def pytest_configure(config):
+    path = config.getoption("--relative-errors")
+    if path is None:
+        return
+    import helpers
+
+    checked, records = helpers.assert_rel_close, {}
+
+    def recording(actual, expected, rtol=1e-5, what=""):
+        rel = checked(actual, expected, rtol, what)
+        records.setdefault(recording.test, {}).setdefault(what, []).append(rel)
+        return rel
+
+    recording.test = None
+    helpers.assert_rel_close = recording  # before the test modules import it by name
+    config._relative_errors = (path, records, recording)
+
+
+def pytest_runtest_setup(item):
+    recorder = getattr(item.config, "_relative_errors", None)
+    if recorder is not None:
+        recorder[2].test = item.nodeid
+
+
+def pytest_sessionfinish(session):
+    recorder = getattr(session.config, "_relative_errors", None)
+    if recorder is not None:
+        import json
+
+        path, records, _ = recorder
+        summary = {test: {what: {"checks": len(rels), "largest": max(rels)} for what, rels in checks.items()}
+                   for test, checks in records.items()}
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=1)

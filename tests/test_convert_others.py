@@ -162,8 +162,9 @@ def _xlstm(**overrides):
 
 
 # Exponential gating makes these random models sensitive to float32 rounding: transformers' own float32 logits lie
-# up to ~1e-5 from its float64 ones with three or more blocks, so the configurations keep two (at most 7.6e-6 over
-# five seeds); the blocks' exactness is checked in float64 below. transformers' xLSTMCache sizes its states by
+# up to ~1e-5 from its float64 ones with three or more blocks, so the configurations keep two (one shot within
+# 1e-5 of transformers at seeds 1-3; at seed 4 transformers' float32 forward lies 3.2e-5 from the exact function,
+# seqmix's 7.1e-6); the blocks' exactness is checked in float64 below. transformers' xLSTMCache sizes its states by
 # d · qk_dim_factor and d · v_dim_factor rounded up to multiples of 64, its layers by those products floored: its
 # cached decode runs only where they are multiples of 64 (as in xLSTM-7B), so these configurations keep them so;
 # other widths are checked one shot below
