@@ -70,7 +70,7 @@ def test_fastest_block_ignores_a_block_slowed_by_interference():
 
 
 def test_bench_cli_generate_suite_times_whole_models_against_their_floor(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "measure_read_bandwidth", lambda: 10.0)
+    monkeypatch.setattr(cli, "measure_read_bandwidth", lambda device="cpu": 10.0)
     out = tmp_path / "generate.json"
     parser = argparse.ArgumentParser()
     cli.configure(parser)

@@ -12,7 +12,7 @@ from seqmix.cli import main
 from seqmix.data.tokenizer import ByteTokenizer
 from seqmix.layers import Linear, cached
 from seqmix.layers.inference import INFERENCE_ROWS
-from seqmix.model.generate import CompiledDecoder, TextStream, generate, sample
+from seqmix.model.generate import CompiledDecoder, CudaGraphStep, TextStream, _fast_step, generate, sample
 from seqmix.model.state import map_state
 from seqmix.train.checkpoint import save_checkpoint
 
@@ -184,3 +184,36 @@ def test_every_mixer_decodes_compiled_with_the_same_tokens(mixer):
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager decoding fails the test
         compiled = sample(model, prompt, 6, temperature=0, compile=True)
     assert torch.equal(compiled, sample(model, prompt, 6, temperature=0))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mixer", available_mixers())
+def test_cuda_graph_decoding_gives_the_eager_tokens(mixer):
+    """On CUDA a state of fixed size decodes by replaying one captured graph; the tokens and the logits are
+    those of eager decoding, through a prompt of another length and batches of one and three."""
+    model = _tiny(mixer).cuda()
+    with torch.inference_mode():
+        for batch, length in ((1, 5), (3, 8)):
+            prompt = torch.randint(0, 256, (batch, length), device="cuda")
+            logits, state = model(prompt, state=model.init_state(batch))
+            warm = logits[:, -1].argmax(-1, keepdim=True)
+            after = model.decode(warm, state)[1]
+            shapes = [[], []]
+            map_state(shapes[0].append, state)
+            map_state(shapes[1].append, after)
+            if [t.shape for t in shapes[0]] != [t.shape for t in shapes[1]]:
+                pytest.skip(f"{mixer}'s state grows: decoded compiled, not from a graph")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)  # a step that cannot be captured fails the test
+                step = _fast_step(model, warm, state)
+            assert isinstance(step, CudaGraphStep)
+            eager_state, graph_state, token = state, state, warm
+            for _ in range(6):
+                expected, eager_state = model.decode(token, eager_state)
+                got, graph_state = step(token, graph_state)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+                token = expected[:, -1].argmax(-1, keepdim=True)
+    assert torch.equal(sample(model, prompt, 12, temperature=0, compile=True), sample(model, prompt, 12, temperature=0))

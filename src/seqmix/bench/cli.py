@@ -51,6 +51,8 @@ def configure(p) -> None:
     p.add_argument("--batches", type=_ints, default=[1], help="generate: batch sizes (prompts decoded together)")
     p.add_argument("--new-tokens", type=int, default=64, help="generate: tokens decoded per timed round")
     p.add_argument("--compile", action="store_true", help="generate: also time the compiled decode step")
+    p.add_argument("--device", default="cpu", help="generate: where the models decode, e.g. cuda (with --compile a "
+                                                   "state of fixed size decodes from one captured CUDA graph)")
     p.add_argument("--weight-dtypes", default="", help="generate: also time the linear layers' weights in these "
                    "precisions, comma-separated: bfloat16, int8 (weight-only; states stay float32)")
     p.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
@@ -219,7 +221,7 @@ def run(args) -> int:
 
 def _run_generate(args, mixers: list[str]) -> int:
     sizes = _sizes(args.sizes)
-    read_gbs = measure_read_bandwidth()
+    read_gbs = measure_read_bandwidth(device=args.device)
     info = machine_info()
     print(f"machine: {info['cpu']}, {args.threads} thread(s), torch {info['torch']}; read bandwidth "
           f"{read_gbs:.1f} GB/s (the fastest read of 256 MiB)")
@@ -227,7 +229,7 @@ def _run_generate(args, mixers: list[str]) -> int:
                            f"{r['variant']:8s}: {r['us_per_token']:,.0f} µs/step, floor {r['floor_us']:,.0f} µs",
                            flush=True)
     rows = model_generate_suite(mixers, sizes, args.batches, args.new_tokens, read_gbs, args.rounds,
-                                args.compile, note, _weight_dtypes(args.weight_dtypes))
+                                args.compile, note, _weight_dtypes(args.weight_dtypes), args.device)
     print(f"\ndecoding through sample(), greedy, float32, median [range] of {args.rounds} interleaved rounds of "
           f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth; products alone = the model's matrix "
           "products in the decode layout, nothing else:\n" + _fmt_generate(rows))

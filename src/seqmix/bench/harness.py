@@ -115,14 +115,27 @@ def measure_roofline(n: int = 1024, copy_mib: int = 256, min_time: float = 0.5) 
                     threads=torch.get_num_threads())
 
 
-def measure_read_bandwidth(mib: int = 256, rounds: int = 5) -> float:
+def measure_read_bandwidth(mib: int = 256, rounds: int = 5, device: str = "cpu") -> float:
     """GB/s of reading a large float32 tensor once, with the current thread count: the faster of a sum over it
     and a one-row product with it as a [1024, n] matrix (the fastest of `rounds` each). The rate at which a
     decoding step can at best stream weights that do not fit in cache."""
-    x = torch.ones(mib * 2**20 // 4)
-    row, matrix = torch.ones(1, 1024), x.view(1024, -1)
-    seconds = min(time_block(fn, 0.0) for fn in (x.sum, lambda: row @ matrix) for _ in range(rounds))
+    x = torch.ones(mib * 2**20 // 4, device=device)
+    row, matrix = torch.ones(1, 1024, device=device), x.view(1024, -1)
+    seconds = min(time_block(synchronised(fn, device), 0.0) for fn in (x.sum, lambda: row @ matrix)
+                  for _ in range(rounds))
     return x.numel() * 4 / seconds / 1e9
+
+
+def synchronised(fn: Callable[[], object], device: str | torch.device) -> Callable[[], object]:
+    """`fn` followed by waiting for the device to finish it (CUDA runs asynchronously); `fn` itself on CPU."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return call
 
 
 def machine_info() -> dict:

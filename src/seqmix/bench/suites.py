@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqmix.bench.harness import Roofline, time_block, time_interleaved
+from seqmix.bench.harness import Roofline, synchronised, time_block, time_interleaved
 from seqmix.layers import Linear
 from seqmix.layers.low_precision import low_precision_weights
 from seqmix.mixers import MIXERS
@@ -148,30 +148,32 @@ def ttt_forms_suite(mixer_name: str, L: int, d_model: int, n_heads: int, options
 
 def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batches: list[int], new_tokens: int,
                          read_gbs: float, rounds: int, compile: bool, progress=None,
-                         weight_dtypes: Sequence[str] = ()) -> list[dict]:
+                         weight_dtypes: Sequence[str] = (), device: str = "cpu") -> list[dict]:
     """Whole-model decoding through ``sample`` (greedy, after a 16-token prompt), byte vocabulary, float32:
     time per step by batch size, eager and (with ``compile``) compiled, in interleaved rounds, against the
     memory floor: (parameter + state bytes) / ``read_gbs``, the time to read every weight and the state once,
     and against the model's matrix products alone in the decode layout (``products_us``, the fastest of 5: what
     the BLAS makes of these weights, the part of a step no fusion of the other ops removes). ``weight_dtypes``
     ("bfloat16", "int8") add eager variants with the linear layers' weights in that precision
-    (``seqmix.layers.low_precision``), each against its own floor."""
+    (``seqmix.layers.low_precision``), each against its own floor. ``device``: where the models run (on CUDA
+    the compiled variant of a fixed-size state replays one CUDA graph, see ``sample``)."""
     rows = []
     variants = (["eager", "compiled"] if compile else ["eager"]) + list(weight_dtypes)
     for mixer in mixers:
         for d_model, n_layers in sizes:
             torch.manual_seed(0)
             model = SeqMixLM(ModelConfig(mixer=mixer, vocab_size=256, d_model=d_model, n_layers=n_layers,
-                                         n_heads=max(1, d_model // 64))).float().eval()
+                                         n_heads=max(1, d_model // 64))).float().eval().to(device)
             models = {v: model for v in variants}
             models.update({d: low_precision_weights(copy.deepcopy(model), d) for d in weight_dtypes})
             weight_bytes = {v: sum(t.numel() * t.element_size() for t in itertools.chain(m.parameters(), m.buffers()))
                             for v, m in models.items()}
             weights_t = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, Linear)]
             for batch in batches:
-                rows_in = [torch.randn(batch, w.shape[0]) for w in weights_t]
-                products = min(time_block(lambda: [x @ w for x, w in zip(rows_in, weights_t)], 0.0) for _ in range(5))
-                prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(0))
+                rows_in = [torch.randn(batch, w.shape[0], device=device) for w in weights_t]
+                products = min(time_block(synchronised(lambda: [x @ w for x, w in zip(rows_in, weights_t)], device),
+                                          0.0) for _ in range(5))
+                prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(0)).to(device)
                 state = state_bytes(model.init_state(batch))
                 seconds = {v: [] for v in variants}
                 compile_seconds = None

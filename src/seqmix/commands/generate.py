@@ -36,7 +36,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(weight-only; activations, recurrent states and decays stay float32)")
     p.add_argument("--compile", action="store_true",
                    help="decode through torch.compile (C++ kernels; takes seconds to a minute to build, pays off "
-                        "over long generations; falls back with a warning where no compiler is found)")
+                        "over long generations; falls back with a warning where no compiler is found); on CUDA a "
+                        "recurrent model's step is captured once as a CUDA graph instead")
     p.add_argument("--no-stream", action="store_true",
                    help="print the text at the end instead of as it is produced (several prompts never stream)")
 

@@ -48,9 +48,9 @@ class Linear(nn.Linear):
     Why: a one-row product over nn.Linear's [out, in] weight runs as a dot product per output, and on this
     machine's BLAS it streams a weight that is not in cache at about 11 GB/s on one thread; over [in, out] it
     is a sum of scaled rows and streams at about 29 GB/s (1024 × 256 float32: 86 µs against 36 µs). The
-    copy costs the weight's size again in memory while decoding. Training, large batches (more than
-    ``INFERENCE_ROWS`` rows) and compiled graphs use ``F.linear`` on the parameter itself (the compiled decoder
-    passes the cached copy in as that parameter, see ``seqmix.model.generate.CompiledDecoder``).
+    copy costs the weight's size again in memory while decoding; it is made on CPU only. Training, large batches
+    (more than ``INFERENCE_ROWS`` rows), GPUs and compiled graphs use ``F.linear`` on the parameter itself (the
+    compiled decoder passes the cached copy in as that parameter, see ``seqmix.model.generate.CompiledDecoder``).
     """
 
     def inference_weight(self) -> torch.Tensor:
@@ -58,8 +58,9 @@ class Linear(nn.Linear):
         return cached(self, "weight_t", (self.weight,), lambda: self.weight.t().contiguous())
 
     def _inference_weight(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The cached weightᵀ when `x` is a few-row product outside training, else None."""
-        if x.numel() > INFERENCE_ROWS * self.in_features or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        """The cached weightᵀ when `x` is a few-row product on CPU outside training, else None."""
+        if (x.device.type != "cpu" or x.numel() > INFERENCE_ROWS * self.in_features or torch.is_grad_enabled()
+                or torch.compiler.is_compiling()):
             return None
         return self.inference_weight()
 

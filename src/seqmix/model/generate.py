@@ -27,8 +27,9 @@ def sample(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: flo
     ``timings``: a dict that receives ``prefill_seconds`` (the prompt's forward) and ``decode_seconds`` (every
     token after it, sampling included), so generation speed is measured on this very path.
     ``on_token``: called with each step's tokens [B, 1] as soon as they are chosen (streaming).
-    ``compile``: decode steps through the model's ``CompiledDecoder`` (see there); the tokens are the same, and
-    ``timings`` also receives ``compile_seconds`` (building it, before decoding starts; ≈0 once built).
+    ``compile``: decode steps through the model's ``CompiledDecoder`` (see there), or on CUDA, for a state of
+    fixed size, through one captured graph (``CudaGraphStep``); the tokens are the same, and ``timings`` also
+    receives ``compile_seconds`` (building it, before decoding starts; ≈0 once the compiled step is built).
     """
     with torch.inference_mode():
         tokens = _sample(model, prompt, max_new_tokens, temperature, top_k, seed, timings, on_token, compile)
@@ -55,14 +56,14 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
     step = model.decode
     start = time.perf_counter()
     logits, state = model(prompt, state=model.init_state(prompt.shape[0]))  # checks the prompt's ids
+    if timings is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
     prefilled = time.perf_counter()
-    if compile:  # build the compiled step now, so that decode_seconds times decoding alone: two chained steps
-        # (a state after the prefill and one after a step differ in strides), on a token made as the loop makes
-        # them (an inference tensor); their results are dropped (states are never updated in place)
-        warm = logits[:, -1].argmax(-1, keepdim=True)
-        step = compiled_decoder(model).bind(warm, state)
-        step(warm, step(warm, state)[1])
+    if compile:  # build the fast step now, so that decode_seconds times decoding alone
+        step = _fast_step(model, logits[:, -1].argmax(-1, keepdim=True), state)
         if timings is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             timings["compile_seconds"] = time.perf_counter() - prefilled
     decoding = time.perf_counter()
     new = []
@@ -87,6 +88,69 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
         timings.update(prefill_seconds=prefilled - start, decode_seconds=time.perf_counter() - decoding)
     model.train(was_training)
     return torch.cat(new, dim=1) if new else prompt.new_zeros(prompt.shape[0], 0)
+
+
+def _fast_step(model, warm: torch.Tensor, state: list) -> Callable:
+    """The decode step ``sample(compile=True)`` uses, built and warmed up for states like `state` after tokens
+    like `warm` (made as the loop makes them: an inference tensor). One eager step tells whether the state grows
+    (a KV cache). On CUDA a state of fixed size is decoded by replaying one captured graph (``CudaGraphStep``),
+    anything else through the model's ``CompiledDecoder``."""
+    after = model.decode(warm, state)[1]
+    grows = _shapes(state) != _shapes(after)
+    if warm.device.type == "cuda" and not grows:
+        try:
+            return CudaGraphStep(model, warm, after)
+        except RuntimeError as error:  # a step that synchronises with the host (e.g. data-dependent routing)
+            first = str(error).splitlines()[0] if str(error) else ""
+            warnings.warn(f"the decode step cannot be captured as a CUDA graph ({first}); using torch.compile",
+                          RuntimeWarning, stacklevel=3)
+    step = compiled_decoder(model).bind(warm, state, grows=grows)
+    step(warm, step(warm, state)[1])  # a state after the prefill and one after a step differ in strides
+    return step
+
+
+def _shapes(state) -> list:
+    shapes = []
+    map_state(lambda t: shapes.append(t.shape), state)
+    return shapes
+
+
+class CudaGraphStep:
+    """``model.decode`` replayed from one captured CUDA graph: a step's hundreds of small kernel launches become
+    one, the batch-1 cost on a GPU. For states of fixed size (every recurrent mixer); the graph reads the token
+    and the state from static buffers and writes the logits and the next state into them, so a call returns
+    those buffers (valid until the next call; ``sample`` consumes them before it). The graph holds the weights
+    and cached inference constants as they are at capture: build one per generation (``sample`` does)."""
+
+    def __init__(self, model, tokens: torch.Tensor, state: list):
+        device = tokens.device
+        self.tokens, self.state = tokens.clone(), map_state(torch.clone, state)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up off the capture stream (library handles, inference caches)
+            for _ in range(2):
+                model.decode(self.tokens, self.state)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits, new_state = model.decode(self.tokens, self.state)
+            _copy_state(self.state, new_state)
+
+    def __call__(self, tokens: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        if state is not self.state:
+            _copy_state(self.state, state)
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits, self.state
+
+
+def _copy_state(into, source) -> None:
+    flat_into, flat_source = [], []
+    map_state(flat_into.append, into)
+    map_state(flat_source.append, source)
+    for a, b in zip(flat_into, flat_source, strict=True):
+        if a is not b:
+            a.copy_(b)
 
 
 def compiled_decoder(model) -> "CompiledDecoder":
@@ -138,16 +202,15 @@ class CompiledDecoder:
     def _step(self, weights, tokens, state):
         return functional_call(self.wrapper, weights, (tokens, state), strict=False)
 
-    def bind(self, tokens: torch.Tensor, state: list) -> Callable:
+    def bind(self, tokens: torch.Tensor, state: list, grows: bool | None = None) -> Callable:
         """step(tokens, state) -> (logits, state) with the weights as they are now (no graph recorded), for
-        states like `state` after `tokens`: one eager step tells whether the state grows (a KV cache), which
-        is then compiled with dynamic sizes; a state of fixed size is compiled with static shapes (faster)."""
+        states like `state` after `tokens`. A state that grows (a KV cache; None = find out with one eager
+        step) is compiled with dynamic sizes, a state of fixed size with static shapes (faster)."""
         with torch.no_grad():
             weights = {name: linear.inference_weight().t() for name, linear in self.linears.items()}
-            shapes = []
-            map_state(lambda t: shapes.append(t.shape), state)
-            map_state(lambda t: shapes.append(t.shape), self.model.decode(tokens, state)[1])
-        compiled = self.compiled[None if shapes[:len(shapes) // 2] != shapes[len(shapes) // 2:] else False]
+            if grows is None:
+                grows = _shapes(state) != _shapes(self.model.decode(tokens, state)[1])
+        compiled = self.compiled[None if grows else False]
 
         def step(tokens, state):
             if not self.failed:
