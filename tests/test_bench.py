@@ -101,6 +101,8 @@ def test_bench_cli_hf_layers_checks_against_transformers_first(tmp_path, capsys)
     rows = json.loads(out.read_text())["rows"]
     assert [r["mixer"] for r in rows] == ["gated_deltanet", "kda", "lightning", "attention", "mla"]
     assert all(r["L"] == 70 and r["relative_error"] <= 1e-4 and r["speedup"] > 0 for r in rows)
+    # the projections are part of each layer, so the ceiling they imply is computed from the same timings
+    assert all(r["ceiling"] == r["transformers_ms"] / r["projections_ms"] > 0 for r in rows)
     assert "| `kda` | KimiLinearDeltaAttention" in capsys.readouterr().out
     args = parser.parse_args(["--suite", "hf-layers", "--mixers", "mamba"])
     with pytest.raises(ValueError, match=r"--mixers \['mamba'\]: the transformers comparison has"):

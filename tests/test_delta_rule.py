@@ -226,3 +226,15 @@ def test_gated_chunked_bad_shapes_are_refused():
         dr.gated_chunked(q, k, v, beta[..., :3], log_alpha)
     with pytest.raises(ValueError, match="log_alpha"):
         dr.gated_chunked(q, k, v, beta, log_alpha[:, :1])
+
+
+def test_gated_chunked_groups_heads_and_spans():
+    """Query/key heads serving several value heads equal those heads repeated; any span gives the same result."""
+    q, k, v, beta, log_alpha = _gated_inputs(45, H=4)
+    q, k = q[:, :2], k[:, :2]  # 2 query/key heads, each for 2 consecutive value heads
+    expected, S_end = dr.gated_chunked(q.repeat_interleave(2, 1), k.repeat_interleave(2, 1), v, beta, log_alpha,
+                                       chunk_size=8)
+    for span in (8, 16, 512):
+        o, S = dr.gated_chunked(q, k, v, beta, log_alpha, chunk_size=8, span=span)
+        assert_close(o, expected, what=f"span {span}")
+        assert_close(S, S_end, what=f"span {span} state")

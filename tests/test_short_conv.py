@@ -17,7 +17,7 @@ def conv_by_hand(conv, x, tail):
     return y if conv.conv.bias is None else y + conv.conv.bias
 
 
-@pytest.mark.parametrize("T", [1, 2, 9])
+@pytest.mark.parametrize("T", [1, 2, 4, 9])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("with_tail", [False, True])
 def test_short_conv_paths_equal_the_convolution_written_out(T, bias, with_tail):
@@ -28,7 +28,7 @@ def test_short_conv_paths_equal_the_convolution_written_out(T, bias, with_tail):
     expected = conv_by_hand(conv, x, tail)
     y_taps, tail_taps = conv(x, tail)  # autograd recording: the multiply-add taps
     with torch.no_grad():
-        y_conv2d, tail_conv2d = conv(x, tail)  # nothing recorded: one conv2d (or the T = 1 window sum)
+        y_conv2d, tail_conv2d = conv(x, tail)  # nothing recorded: one conv2d (padded from T = K; T = 1: the window sum)
     for y in (y_taps, y_conv2d):
         assert_close(y, expected, atol=1e-12)
     full = torch.cat([torch.zeros(2, 3, 6, dtype=F64) if tail is None else tail, x], dim=1)

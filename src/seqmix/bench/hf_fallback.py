@@ -2,7 +2,12 @@
 (Qwen3-Next, Kimi Linear, MiniMax) with random weights is converted with ``from_transformers``, so both sides hold the
 same weights; each layer's outputs are checked equal first, then both are timed in interleaved rounds on the
 same input (one forward over the whole sequence, no autograd). transformers' layers run its torch fallbacks
-(``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``, SDPA attention), what users have on CPU."""
+(``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``, SDPA attention), what users have on CPU.
+
+Beside them the layer's projections alone are timed in the same rounds: every linear layer of the seqmix mixer
+once over as many rows as the sequence has tokens, the work both sides share (same weights, same products). The
+ceiling transformers / projections is then the largest speed-up any implementation of the rest (the mixing
+core, convolutions, norms, gates) could give at that size (Amdahl)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -57,9 +62,17 @@ def _transformers_layer(family: str, layer_type: str, hf) -> Callable[[torch.Ten
     return lambda x: layer.self_attn(hidden_states=x, attention_mask=None)[0]
 
 
+def _projections(mixer: torch.nn.Module, L: int) -> Callable[[], None]:
+    """Every linear layer of `mixer` applied once to its own random input of L rows (inputs made beforehand)."""
+    linears = [m for m in mixer.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, L, m.in_features, generator=torch.Generator().manual_seed(i)) for i, m in enumerate(linears)]
+    return lambda: [m(x) for m, x in zip(linears, inputs)]
+
+
 def hf_layer_suite(mixers: list[str], lengths: list[int], d_model: int, heads: int, rounds: int, min_time: float,
                    progress=None) -> list[dict]:
-    """Per mixer and length: both layers' median time and the outputs' relative difference (≤ 1e-4 required)."""
+    """Per mixer and length: both layers' median time, the projections' median time and the ceiling it implies,
+    and the outputs' relative difference (≤ 1e-4 required)."""
     from seqmix.interop import from_transformers
 
     unknown = sorted(set(mixers) - set(LAYERS))
@@ -80,14 +93,18 @@ def hf_layer_suite(mixers: list[str], lengths: list[int], d_model: int, heads: i
                 error = ((mine - reference).abs().max() / reference.abs().max()).item()
                 if not error <= 1e-4:
                     raise RuntimeError(f"{name} at L={L}: seqmix and transformers differ by {error:.2e}")
-                timings = time_interleaved({"transformers": lambda: theirs(x), "seqmix": lambda: ours(x)},
-                                           rounds=rounds, min_time=min_time)
+                timings = time_interleaved({"transformers": lambda: theirs(x), "seqmix": lambda: ours(x),
+                                            "projections": _projections(ours, L)}, rounds=rounds, min_time=min_time)
             row = {"suite": "hf_layers", "mixer": name, "transformers_layer": what, "L": L, "d_model": d_model,
                    "heads": heads, "head_dim": head_dim, "relative_error": error,
                    "transformers_ms": timings["transformers"].median * 1e3, "seqmix_ms": timings["seqmix"].median * 1e3,
                    "transformers_round_ms": [t * 1e3 for t in timings["transformers"].samples],
-                   "seqmix_round_ms": [t * 1e3 for t in timings["seqmix"].samples]}
+                   "seqmix_round_ms": [t * 1e3 for t in timings["seqmix"].samples],
+                   "projections_ms": timings["projections"].median * 1e3,
+                   "projections_round_ms": [t * 1e3 for t in timings["projections"].samples],
+                   "other_cpu_share": timings["seqmix"].other_cpu_share}
             row["speedup"] = row["transformers_ms"] / row["seqmix_ms"]
+            row["ceiling"] = row["transformers_ms"] / row["projections_ms"]
             rows.append(row)
             if progress:
                 progress(row)

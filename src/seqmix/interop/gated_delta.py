@@ -55,7 +55,7 @@ def qwen3_next(hf) -> tuple[ModelConfig, dict]:
         rope_fraction=float(rope.get("partial_rotary_factor", 1.0)), chunk_size=256)}
     linear = {"mixer": "gated_deltanet", "options": dict(
         n_heads=c.linear_num_value_heads, n_k_heads=c.linear_num_key_heads, head_dim_k=c.linear_key_head_dim,
-        head_dim_v=c.linear_value_head_dim, d_conv=c.linear_conv_kernel_dim, chunk_size=64, norm_eps=c.rms_norm_eps)}
+        head_dim_v=c.linear_value_head_dim, d_conv=c.linear_conv_kernel_dim, chunk_size=32, norm_eps=c.rms_norm_eps)}
     moe_options = dict(n_experts=c.num_experts, top_k=c.num_experts_per_tok, hidden=c.moe_intermediate_size,
                        normalize=bool(c.norm_topk_prob), shared_hidden=c.shared_expert_intermediate_size,
                        shared_gate=True, aux_loss_weight=float(c.router_aux_loss_coef))
@@ -141,7 +141,7 @@ def olmo_hybrid(hf) -> tuple[ModelConfig, dict]:
         bias=bool(c.attention_bias), rope=use_rope, rope_theta=float(rope.get("rope_theta") or 10000.0))}
     linear = {"mixer": "gated_deltanet", "options": dict(
         n_heads=c.linear_num_value_heads, n_k_heads=c.linear_num_key_heads, head_dim_k=c.linear_key_head_dim,
-        head_dim_v=c.linear_value_head_dim, d_conv=c.linear_conv_kernel_dim, chunk_size=64, norm_eps=1e-5,
+        head_dim_v=c.linear_value_head_dim, d_conv=c.linear_conv_kernel_dim, chunk_size=32, norm_eps=1e-5,
         allow_neg_eigval=bool(c.linear_allow_neg_eigval))}
     pattern = []
     for i, kind in enumerate(c.layer_types[:c.num_hidden_layers]):

@@ -86,3 +86,22 @@ class Linear(nn.Linear):
         if self._inference_weight(x) is not None or self.bias is not None:
             return residual + self(x)
         return torch.addmm(residual.flatten(0, -2), x.flatten(0, -2), self.weight.t()).view_as(residual)
+
+
+def side_by_side(owner: nn.Module, name: str, layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """[x W_1ᵀ, x W_2ᵀ, …] [.., Σ out_i], the outputs of linear layers side by side (what a convolution over all
+    of them reads).
+
+    Outside training, one product over the weights concatenated once (cached on ``owner`` as ``name``), so the
+    outputs are written side by side instead of copied together afterwards (that copy into fresh memory took
+    36 ms against 276 ms for the products, 4096 tokens × 2048 channels on one thread); few rows read the
+    concatenation transposed, as ``Linear`` does. The cache costs the weights' size again in memory. While training or compiling, or for layers that
+    are not plain ``nn.Linear`` (e.g. weight-only low precision): the separate products, concatenated.
+    """
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or not all(
+            type(layer) in (Linear, nn.Linear) and layer.bias is None for layer in layers):
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    weights = tuple(layer.weight for layer in layers)
+    if x.numel() <= INFERENCE_ROWS * x.shape[-1]:
+        return x @ cached(owner, name + "_t", weights, lambda: torch.cat(weights).t().contiguous())
+    return nn.functional.linear(x, cached(owner, name, weights, lambda: torch.cat(weights)))

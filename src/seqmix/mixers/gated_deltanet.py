@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from seqmix.layers import GatedRMSNorm, Linear, ShortConv, cached
+from seqmix.layers import GatedRMSNorm, Linear, ShortConv, cached, side_by_side
 from seqmix.mixers.base import Mixer, merge_heads, register_mixer, split_heads
 from seqmix.mixers.mamba import inverse_softplus_dt
 from seqmix.ops import delta_rule as op
@@ -73,14 +73,16 @@ class GatedDeltaNet(Mixer):
 
     def forward(self, x, state=None, shared=None):
         H, Hk, T = self.n_heads, self.n_k_heads, x.shape[1]
-        q, k, v = self.q(x), self.k(x), self.v(x)
         new_state = {}
         if self.conv is not None:  # one convolution over the three projections side by side
-            qkv, new_state["conv"] = self.conv(torch.cat([q, k, v], dim=-1), None if state is None else state["conv"])
-            q, k, v = F.silu(qkv).split([Hk * self.dk, Hk * self.dk, H * self.dv], dim=-1)
+            qkv, new_state["conv"] = self.conv(side_by_side(self, "qkv", (self.q, self.k, self.v), x),
+                                               None if state is None else state["conv"])
+            # nothing recorded: the activation overwrites the convolution's fresh output
+            qkv = F.silu(qkv, inplace=not torch.is_grad_enabled())
+            q, k, v = qkv.split([Hk * self.dk, Hk * self.dk, H * self.dv], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
         q, k, v = l2_normalize(split_heads(q, Hk)), l2_normalize(split_heads(k, Hk)), split_heads(v, H)
-        if Hk != H:  # each query/key head serves H / Hk consecutive value heads
-            q, k = q.repeat_interleave(H // Hk, dim=1), k.repeat_interleave(H // Hk, dim=1)
         beta = (torch.sigmoid(self.beta(x)) * self.beta_scale).transpose(1, 2)  # [B, H, T]
         log_alpha = None
         if self.gate:  # log α = −exp(A_log) · softplus(W_α x + dt_bias), a per-head decay in (0, 1]
@@ -89,7 +91,9 @@ class GatedDeltaNet(Mixer):
         S = None if state is None else state["S"]
         scale = self.dk ** -0.5
         if T == 1 and state is not None:  # the general rule's step: a = −k, b = α β k (b carries the decay)
-            q1, k1, beta1 = q[:, :, 0], k[:, :, 0], beta[:, :, 0, None]
+            # each query/key head serves H / Hk consecutive value heads (the chunked form groups them itself)
+            q1, k1 = (x[:, :, 0].repeat_interleave(H // Hk, dim=1) for x in (q, k))
+            beta1 = beta[:, :, 0, None]
             alpha1 = None if log_alpha is None else log_alpha[:, :, 0]
             b1 = k1 * beta1 if alpha1 is None else k1 * (alpha1.exp()[..., None] * beta1)
             o, S = op.step(q1, k1, v[:, :, 0] * beta1, -k1, b1, alpha1, S, scale)

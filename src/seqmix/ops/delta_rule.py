@@ -199,7 +199,8 @@ def step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | 
 
 
 def gated_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tensor | None = None,
-                  state: Tensor | None = None, scale: float = 1.0, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+                  state: Tensor | None = None, scale: float = 1.0, chunk_size: int = 64,
+                  span: int = 512) -> tuple[Tensor, Tensor]:
     """The gated delta rule S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = S_tᵀ (scale · q_t), chunked
     with its own structure: the removal and the write share the key, so one triangular system per chunk
     replaces the general form's two score pairs and [Dk, Dk] transitions (about half the arithmetic).
@@ -208,44 +209,67 @@ def gated_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tens
     S_t = e^{G_t} S_0 + Σ_{s≤t} e^{G_t−G_s} k_s u_sᵀ with the written values u_t = β_t (v_t − (α_t S_{t−1})ᵀ k_t):
 
         (I + A) U = β V − (β e^G K) S_0,   A[t, s] = β_t e^{G_t−G_s} k_tᵀ k_s  (s < t)
-        U = Ũ − W S_0,   Ũ = (I + A)⁻¹ β V,   W = (I + A)⁻¹ (β e^G K)      (all chunks at once)
+        U = Ũ − W S_0,   Ũ = (I + A)⁻¹ β V,   W = (I + A)⁻¹ (β e^G K)      (the chunks of a span at once)
         O = (e^G Q) S_0 + (Q Kᵀ ⊙ e^{G_t−G_s})_{s≤t} U,   S_end = e^{G_C} S_0 + (e^{G_C−G} K)ᵀ U    (chunk by chunk)
 
-    Every exponent is ≤ 0. q, k [B, H, T, Dk], v [B, H, T, Dv], beta [B, H, T], log_alpha [B, H, T] (≤ 0) or
-    None (DeltaNet). Equal to ``chunked(q, k, β v, −k, e^{log α} β k, log α)``, the general form's mapping.
+    Every exponent is ≤ 0. q, k [B, Hk, T, Dk], v [B, H, T, Dv] with Hk dividing H: each query/key head serves
+    H / Hk consecutive value heads (grouped heads; their K Kᵀ and Q Kᵀ are computed once per key head);
+    beta [B, H, T], log_alpha [B, H, T] (≤ 0) or None (DeltaNet). Output [B, H, T, Dv] (a view of [B, T, H, Dv]
+    memory, so merging the heads is free), final state [B, H, Dk, Dv]. The sequence is taken ``span`` tokens
+    at a time (a multiple of the chunk), so the intermediates are [B, H, span, ·] and stay in cache instead of
+    being allocated at the sequence's length. Equal to ``chunked(q, k, β v, −k, e^{log α} β k, log α)``, the
+    general form's mapping (with q, k repeated over their value heads).
     """
-    B, H, T, Dk = q.shape
-    Dv = v.shape[-1]
-    if k.shape != q.shape or v.shape[:3] != (B, H, T) or beta.shape != (B, H, T) or (
+    B, Hk, T, Dk = q.shape
+    H, Dv = v.shape[1], v.shape[-1]
+    if k.shape != q.shape or v.shape[0] != B or v.shape[2] != T or H % Hk or beta.shape != (B, H, T) or (
             log_alpha is not None and log_alpha.shape != (B, H, T)):
         raise ValueError(f"delta_rule.gated_chunked: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
                          f"beta {tuple(beta.shape)}, log_alpha "
                          f"{None if log_alpha is None else tuple(log_alpha.shape)} do not match")
-    S = q.new_zeros(B, H, Dk, Dv) if state is None else state
     C = gla.chunk_length(T, chunk_size, power_of_two=True)  # the recursive-doubling solve halves chunks
+    span = max(C, span // C * C)
+    S = (q.new_zeros(B, H, Dk, Dv) if state is None else state).flatten(0, 1)
     g = q.new_zeros(B, H, T) if log_alpha is None else log_alpha
+    outs = []
+    for i in range(0, T, span):
+        j = min(i + span, T)
+        S = _gated_span(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], beta[:, :, i:j], g[:, :, i:j], S, scale, C, outs)
+    o = torch.stack([o.view(B, H, C, Dv).transpose(1, 2) for o in outs], dim=1)  # [B, N, C, H, Dv]
+    return o.flatten(1, 2)[:, :T].transpose(1, 2), S.view(B, H, Dk, Dv)
+
+
+def _gated_span(q, k, v, beta, g, S, scale, C, outs):
+    """``gated_chunked`` over one span from the state S [B·H, Dk, Dv]: appends each chunk's output
+    [B·H, C, Dv] to ``outs`` and returns the span's final state. Heads are laid out [B, Hk, H / Hk, ...], the
+    query/key tensors with 1 in the middle, so they broadcast over the value heads they serve."""
+    B, Hk, T, Dk = q.shape
+    H, Dv = v.shape[1], v.shape[-1]
     pad = (-T) % C
     if pad:  # padding with k = v = β = 0 and log α = 0 changes nothing
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
         beta, g = F.pad(beta, (0, pad)), F.pad(g, (0, pad))
     N = (T + pad) // C
-    q, k, v = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q * scale, k, v))
-    G = g.reshape(B, H, N, C).cumsum(-1)  # ≤ 0, non-increasing within a chunk
-    beta = beta.reshape(B, H, N, C, 1)
+    heads = (B, Hk, H // Hk, N, C)
+    qk = torch.cat([(q * scale).reshape(B, Hk, 1, N, C, Dk), k.reshape(B, Hk, 1, N, C, Dk)], dim=-2)  # [Q; K]
+    q, k = qk.split(C, dim=-2)
+    q_kt, k_kt = (qk @ k.transpose(-1, -2)).split(C, dim=-2)  # Q Kᵀ, K Kᵀ per key head, [B, Hk, 1, N, C, C]
+    G = g.reshape(heads).cumsum(-1)  # ≤ 0, non-increasing within a chunk
+    beta = beta.reshape(*heads, 1)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # e^{G_t−G_s}, s ≤ t
-    A = (k @ k.transpose(-1, -2)) * decay * beta  # row t scaled by β_t
-    solved = _UnitLowerSolve.apply(-A.tril(-1), torch.cat([beta * v, beta * G.exp()[..., None] * k], dim=-1))
-    U_local, W = solved.split([Dv, Dk], dim=-1)
-    scores = (q @ k.transpose(-1, -2)) * decay
-    read = torch.cat([q * G.exp()[..., None], W], dim=-2)  # [e^G Q; W]: both read S_0, in one product
-    k_to_end = (k * (G[..., -1:] - G).exp()[..., None]).transpose(-1, -2)  # [B, H, N, Dk, C]
-    chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
-    outs = []
+    decay = (G[..., :, None] - G[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()  # e^{G_t−G_s}, s ≤ t
+    e_G = G.exp()[..., None]
+    # (I + A) [Ũ, W] = [β V, β e^G K]; the solve reads A's strictly lower triangle only
+    solved = _UnitLowerSolve.apply(k_kt * decay * -beta, torch.cat([beta * v.reshape(*heads, Dv), (beta * e_G) * k],
+                                                                   dim=-1))
+    U_local, W = solved.flatten(0, 2).split([Dv, Dk], dim=-1)  # [B·H, N, C, ·]
+    scores = (q_kt * decay).flatten(0, 2)
+    read = torch.cat([(q * e_G).flatten(0, 2), W], dim=-2)  # [e^G Q; W]: both read S_0, in one product
+    k_to_end = (k * (G[..., -1:] - G).exp()[..., None]).flatten(0, 2).transpose(-1, -2)  # [B·H, N, Dk, C]
+    chunk_decay = e_G[..., -1:, :].flatten(0, 2)  # [B·H, N, 1, 1]
     for n in range(N):
-        q_S, W_S = (read[:, :, n] @ S).split(C, dim=-2)
-        U = U_local[:, :, n] - W_S
-        outs.append(torch.baddbmm(q_S.flatten(0, 1), scores[:, :, n].flatten(0, 1), U.flatten(0, 1)))
-        S = torch.baddbmm((chunk_decay[:, :, n] * S).flatten(0, 1), k_to_end[:, :, n].flatten(0, 1),
-                          U.flatten(0, 1)).view(B, H, Dk, Dv)
-    return torch.stack(outs, dim=1).reshape(B, H, N * C, Dv)[:, :, :T], S
+        q_S, W_S = (read[:, n] @ S).split(C, dim=-2)
+        U = U_local[:, n] - W_S
+        outs.append(torch.baddbmm(q_S, scores[:, n], U))
+        S = torch.baddbmm(chunk_decay[:, n] * S, k_to_end[:, n], U)
+    return S
