@@ -95,13 +95,14 @@ def side_by_side(owner: nn.Module, name: str, layers: Sequence[nn.Module], x: to
     Outside training, one product over the weights concatenated once (cached on ``owner`` as ``name``), so the
     outputs are written side by side instead of copied together afterwards (that copy into fresh memory took
     36 ms against 276 ms for the products, 4096 tokens × 2048 channels on one thread); few rows read the
-    concatenation transposed, as ``Linear`` does. The cache costs the weights' size again in memory. While training or compiling, or for layers that
-    are not plain ``nn.Linear`` (e.g. weight-only low precision): the separate products, concatenated.
+    concatenation transposed on CPU, as ``Linear`` does. The cache costs the weights' size again in memory.
+    While training or compiling, or for layers that are not plain ``nn.Linear`` (e.g. weight-only low
+    precision): the separate products, concatenated.
     """
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or not all(
             type(layer) in (Linear, nn.Linear) and layer.bias is None for layer in layers):
         return torch.cat([layer(x) for layer in layers], dim=-1)
     weights = tuple(layer.weight for layer in layers)
-    if x.numel() <= INFERENCE_ROWS * x.shape[-1]:
+    if x.numel() <= INFERENCE_ROWS * x.shape[-1] and x.device.type == "cpu":
         return x @ cached(owner, name + "_t", weights, lambda: torch.cat(weights).t().contiguous())
     return nn.functional.linear(x, cached(owner, name, weights, lambda: torch.cat(weights)))
