@@ -275,7 +275,7 @@ def _fmt_llama_cpp(rows: list[dict]) -> str:
     best = "seqmix compiled" if "seqmix compiled" in variants else "seqmix eager"
     lines = ["| mixer | model | threads | floor | " + " | ".join(f"{v} µs/token" for v in variants)
              + f" | {best} / llama.cpp f32 | leading tokens equal to llama.cpp f32's ("
-             + ", ".join(compared) + ") |", "|---" * (6 + len(variants)) + "|"]
+             + ", ".join(compared) + ") | other processes' CPU |", "|---" * (7 + len(variants)) + "|"]
     for key in dict.fromkeys(k[:5] for k in get):
         first = get[(*key, variants[0])]
         cells = [f"{get[(*key, v)]['us_per_token']:,.0f} [{min(get[(*key, v)]['round_us']):,.0f}–"
@@ -284,7 +284,7 @@ def _fmt_llama_cpp(rows: list[dict]) -> str:
         agree = " / ".join(str(get[(*key, v)]["agree"]) for v in compared)
         lines.append(f"| {key[0]} | d {key[1]} × {key[2]}, vocab {key[3]:,} ({first['param_bytes'] / 1e6:.1f} MB) | "
                      f"{key[4]} | {first['floor_us']:,.0f} µs | " + " | ".join(cells)
-                     + f" | {ratio:.2f}× | {agree} of {first['new_tokens']} |")
+                     + f" | {ratio:.2f}× | {agree} of {first['new_tokens']} | {100 * first['other_cpu']:.0f}% |")
     return "\n".join(lines)
 
 
