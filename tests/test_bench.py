@@ -2,6 +2,8 @@
 Speed itself is not tested (benchmarks are not timed tests); see DESIGN §5."""
 import argparse
 import json
+import os
+import sys
 
 import pytest
 
@@ -120,3 +122,58 @@ def test_bench_train_reports_tokens_per_second_with_and_without_compile(capsys):
     row = next(line for line in out.splitlines() if line.startswith("| attention |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[2] == "2 × 16" and cells[5].endswith("×") and float(cells[7]) < 1e-5
+
+
+def test_llama_cpp_comparison_explains_what_is_missing(tmp_path, capsys, monkeypatch):
+    """llama.cpp is a peer the user installs, never a dependency: a path without its converter, or no
+    llama_cpp module, is refused with what is missing and how to get it (this runs without llama.cpp)."""
+    from seqmix.cli import main
+
+    assert main(["bench", "--suite", "decode", "--llama-cpp", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no convert_hf_to_gguf.py there" in err and "github.com/ggml-org/llama.cpp" in err
+    assert main(["bench", "--suite", "decode", "--llama-cpp", str(tmp_path / "convert.py")]) == 2
+    assert "no convert_hf_to_gguf.py there" in capsys.readouterr().err
+    (tmp_path / "convert_hf_to_gguf.py").write_text("")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    assert main(["bench", "--suite", "decode", "--llama-cpp", str(tmp_path)]) == 2
+    assert "pip install llama-cpp-python" in capsys.readouterr().err
+    assert main(["bench", "--suite", "generate", "--llama-cpp", str(tmp_path)]) == 2
+    assert "use it with --suite decode" in capsys.readouterr().err
+    assert main(["bench", "--suite", "decode", "--llama-cpp", str(tmp_path), "--mixers", "gla"]) == 2
+    assert "converts transformers ['mamba', 'mamba2'] models" in capsys.readouterr().err
+    assert cli._sizes_vocab("256x4,768x24x50280") == [(256, 4, 50280), (768, 24, 50280)]
+    with pytest.raises(ValueError, match="d_modelxlayersxvocab"):
+        cli._sizes_vocab("256x4x1x1")
+
+
+def _llama_cpp_converter():
+    """llama.cpp's convert_hf_to_gguf.py (or a checkout) from SEQMIX_LLAMA_CPP, with llama_cpp importable."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    path = os.environ.get("SEQMIX_LLAMA_CPP")
+    if not path:
+        pytest.skip("set SEQMIX_LLAMA_CPP to llama.cpp's convert_hf_to_gguf.py or a llama.cpp checkout holding it")
+    return path
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_llama_cpp_comparison_decodes_the_same_tokens(mixer, tmp_path, capsys):
+    """The suite's whole path at a tiny size: the same random transformers model converted to GGUF and to seqmix,
+    greedy tokens equal in llama.cpp (f32), seqmix and transformers; one row per variant with its fields."""
+    converter = _llama_cpp_converter()
+    out = tmp_path / "llama.json"
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    args = parser.parse_args(["--suite", "decode", "--llama-cpp", converter, "--mixers", mixer, "--sizes",
+                              "64x2x256", "--llama-threads", "1", "--rounds", "1", "--new-tokens", "8",
+                              "--out", str(out)])
+    assert cli.run(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["llama.cpp f32", "llama.cpp f16", "seqmix eager", "transformers"]
+    for r in rows:
+        assert (r["mixer"], r["d_model"], r["n_layers"], r["vocab"], r["threads"]) == (mixer, 64, 2, 256, 1)
+        assert r["us_per_token"] > 0 and len(r["round_us"]) == 1 and r["floor_us"] > 0 and len(r["tokens"]) == 8
+    by = {r["variant"]: r for r in rows}
+    assert by["seqmix eager"]["agree"] == 8 and by["transformers"]["agree"] == 8
+    assert len(set(by["llama.cpp f32"]["tokens"])) > 1  # not the repeated last token of a degenerate model
+    assert f"| {mixer} | d 64 × 2, vocab 256" in capsys.readouterr().out

@@ -1,9 +1,11 @@
 """`seqmix bench`: forward time per token vs L and decode latency vs context, next to the machine's roofline;
 ``--suite ttt``: TTT's dual vs primal forms, TTT-Linear / TTT-MLP against softmax attention, and with
-``--ttt-official PATH`` against the official ttt-lm-pytorch model."""
+``--ttt-official PATH`` against the official ttt-lm-pytorch model; ``--suite decode --llama-cpp PATH``: whole
+models decoding in seqmix beside llama.cpp on the same weights (see seqmix.bench.llama_cpp)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +19,9 @@ TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
 GENERATE_MIXERS = "mamba,mamba2,gla,rwkv7,ttt_linear"  # the default of --suite generate
 HF_MIXERS = "gated_deltanet,kda,lightning,attention,mla"  # the default of --suite hf-layers
 TRAIN_MIXERS = "attention,gla"  # the default of --suite train
+LLAMA_MIXERS = "mamba"  # the default of --suite decode --llama-cpp
+GENERATE_SIZES = "256x4,512x8"  # the default --sizes of --suite generate and train
+LLAMA_SIZES = "256x4x256,768x24x50280"  # of --llama-cpp: a small model, and mamba-130m's size and vocabulary
 
 
 def _ints(text: str) -> list[int]:
@@ -46,15 +51,26 @@ def configure(p) -> None:
     p.add_argument("--ttt-official", type=Path, default=None, metavar="PATH",
                    help="ttt suite: also time the official ttt-lm-pytorch model (a checkout at PATH, imported from "
                         "there; needs transformers 4.44) against seqmix with the same weights")
-    p.add_argument("--sizes", default="256x4,512x8",
-                   help="generate: model sizes d_modelxlayers, comma-separated")
+    p.add_argument("--sizes", default=None,
+                   help=f"generate, train: model sizes d_modelxlayers, comma-separated (default {GENERATE_SIZES}); "
+                        f"--llama-cpp: d_modelxlayersxvocab (default {LLAMA_SIZES}; vocab 50280 when left out)")
     p.add_argument("--batches", type=_ints, default=[1], help="generate: batch sizes (prompts decoded together)")
     p.add_argument("--new-tokens", type=int, default=64, help="generate: tokens decoded per timed round")
-    p.add_argument("--compile", action="store_true", help="generate: also time the compiled decode step")
+    p.add_argument("--compile", action="store_true",
+                   help="generate, --llama-cpp: also time the compiled decode step")
     p.add_argument("--device", default="cpu", help="generate: where the models decode, e.g. cuda (with --compile a "
                                                    "state of fixed size decodes from one captured CUDA graph)")
     p.add_argument("--weight-dtypes", default="", help="generate: also time the linear layers' weights in these "
                    "precisions, comma-separated: bfloat16, int8 (weight-only; states stay float32)")
+    p.add_argument("--llama-cpp", type=Path, default=None, metavar="PATH",
+                   help="decode suite: instead of one layer per mixer, time whole transformers Mamba models (--mixers "
+                        "mamba,mamba2) decoding in llama.cpp (GGUF f32 and f16) beside seqmix (eager; --compile: compiled) and "
+                        "transformers, same weights, greedy tokens compared; PATH: llama.cpp's convert_hf_to_gguf.py "
+                        "or a llama.cpp checkout holding it; needs `pip install llama-cpp-python`")
+    p.add_argument("--llama-threads", type=_ints, default=[1, 2],
+                   help="--llama-cpp: thread counts, each engine timed at each (default 1,2)")
+    p.add_argument("--no-transformers", action="store_true",
+                   help="--llama-cpp: leave transformers' own generate out of the comparison")
     p.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
@@ -127,11 +143,22 @@ def _fmt_decode(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _sizes(text: str) -> list[tuple[int, int]]:
+def _sizes(text: str | None) -> list[tuple[int, int]]:
+    text = GENERATE_SIZES if text is None else text
     sizes = [s.split("x") for s in text.split(",") if s]
     if not sizes or any(len(s) != 2 or not all(v.isdigit() and int(v) > 0 for v in s) for s in sizes):
         raise ValueError(f"--sizes={text!r}: give d_modelxlayers pairs of positive integers, e.g. 256x4,512x8")
     return [(int(d), int(n)) for d, n in sizes]
+
+
+def _sizes_vocab(text: str | None, vocab: int = 50280) -> list[tuple[int, int, int]]:
+    """d_modelxlayers[xvocab], comma-separated -> (d_model, n_layers, vocab); `vocab` where left out."""
+    text = LLAMA_SIZES if text is None else text
+    sizes = [s.split("x") for s in text.split(",") if s]
+    if not sizes or any(len(s) not in (2, 3) or not all(v.isdigit() and int(v) > 0 for v in s) for s in sizes):
+        raise ValueError(f"--sizes={text!r}: give d_modelxlayers or d_modelxlayersxvocab of positive integers, "
+                         "e.g. 256x4x256,768x24x50280")
+    return [(int(s[0]), int(s[1]), int(s[2]) if len(s) == 3 else vocab) for s in sizes]
 
 
 def _write_json(path: Path | None, result: dict) -> None:
@@ -171,9 +198,15 @@ def _fmt_generate(rows: list[dict]) -> str:
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
+    if args.llama_cpp is not None and args.suite != "decode":
+        raise ValueError(f"--llama-cpp times whole models decoding: use it with --suite decode, not {args.suite}")
     default = {"ttt": TTT_MIXERS, "generate": GENERATE_MIXERS, "hf-layers": HF_MIXERS,
                "train": TRAIN_MIXERS}.get(args.suite, DEFAULT_MIXERS)
+    if args.llama_cpp is not None:
+        default = LLAMA_MIXERS
     mixers = [m for m in (args.mixers or default).split(",") if m]
+    if args.llama_cpp is not None:
+        return _run_llama_cpp(args, mixers)
     if args.suite == "generate":
         return _run_generate(args, mixers)
     if args.suite == "hf-layers":
@@ -234,6 +267,62 @@ def _run_generate(args, mixers: list[str]) -> int:
           f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth; products alone = the model's matrix "
           "products in the decode layout, nothing else:\n" + _fmt_generate(rows))
     _write_json(args.out, {"machine": info, "read_gbs": read_gbs, "rows": rows})
+    return 0
+
+
+def _fmt_llama_cpp(rows: list[dict]) -> str:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    get = {(r["mixer"], r["d_model"], r["n_layers"], r["vocab"], r["threads"], r["variant"]): r for r in rows}
+    compared = [v for v in variants if v != "llama.cpp f32"]
+    best = "seqmix compiled" if "seqmix compiled" in variants else "seqmix eager"
+    lines = ["| mixer | model | threads | floor | " + " | ".join(f"{v} µs/token" for v in variants)
+             + f" | {best} / llama.cpp f32 | leading tokens equal to llama.cpp f32's ("
+             + ", ".join(compared) + ") | other processes' CPU |", "|---" * (7 + len(variants)) + "|"]
+    for key in dict.fromkeys(k[:5] for k in get):
+        first = get[(*key, variants[0])]
+        cells = [f"{get[(*key, v)]['us_per_token']:,.0f} [{min(get[(*key, v)]['round_us']):,.0f}–"
+                 f"{max(get[(*key, v)]['round_us']):,.0f}]" for v in variants]
+        ratio = get[(*key, best)]["us_per_token"] / get[(*key, "llama.cpp f32")]["us_per_token"]
+        agree = " / ".join(str(get[(*key, v)]["agree"]) for v in compared)
+        lines.append(f"| {key[0]} | d {key[1]} × {key[2]}, vocab {key[3]:,} ({first['param_bytes'] / 1e6:.1f} MB) | "
+                     f"{key[4]} | {first['floor_us']:,.0f} µs | " + " | ".join(cells)
+                     + f" | {ratio:.2f}× | {agree} of {first['new_tokens']} | {100 * first['other_cpu']:.0f}% |")
+    return "\n".join(lines)
+
+
+def _run_llama_cpp(args, mixers: list[str]) -> int:
+    from seqmix.bench.llama_cpp import (MIXERS, PROMPT_TOKENS, find_converter, import_llama_cpp,
+                                        llama_cpp_decode_suite, llama_cpp_version)
+
+    bad = [m for m in mixers if m not in MIXERS]
+    if bad:
+        raise ValueError(f"--mixers {bad}: the llama.cpp comparison converts transformers {list(MIXERS)} models")
+    if not args.llama_threads or min(args.llama_threads) < 1:
+        raise ValueError(f"--llama-threads {args.llama_threads}: give positive thread counts, e.g. 1,2")
+    converter = find_converter(args.llama_cpp)  # before anything is built: a wrong path fails at once
+    import_llama_cpp()
+    sizes = _sizes_vocab(args.sizes)
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; converter {converter}")
+
+    def note(r):
+        print(f"  {r['mixer']:6s} d {r['d_model']} × {r['n_layers']} vocab {r['vocab']} {r['threads']} thread(s) "
+              f"{r['variant']:15s}: {r['us_per_token']:,.0f} µs/token, {r['agree']} leading tokens as llama.cpp f32"
+              + (f", compiled in {r['compile_seconds']:.0f} s" if r["compile_seconds"] else ""), flush=True)
+
+    rows = llama_cpp_decode_suite(converter, mixers, sizes, args.llama_threads, args.new_tokens, args.rounds,
+                                  args.compile, not args.no_transformers, note)
+    early = [r for r in rows if r["agree"] < min(4, r["new_tokens"])]
+    for r in early:
+        print(f"WARNING: {r['variant']} differs from llama.cpp f32 within the first tokens ({r['agree']} equal) for "
+              f"{r['mixer']} d {r['d_model']} × {r['n_layers']}, {r['threads']} thread(s)", flush=True)
+    print(f"\ndecoding after a {PROMPT_TOKENS}-token prompt, greedy, batch 1, median [range] of {args.rounds} "
+          f"interleaved rounds of {args.new_tokens} tokens, µs per token (prompt excluded); floor = (float32 "
+          f"weights + state) / the one-read bandwidth with that many threads; llama-cpp-python "
+          f"{llama_cpp_version()} {_fmt_load(rows)}:\n" + _fmt_llama_cpp(rows))
+    command = "seqmix bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+    _write_json(args.out, {"machine": info, "llama_cpp_python": llama_cpp_version(), "converter": str(converter),
+                           "command": command, "rows": rows})
     return 0
 
 
