@@ -106,11 +106,16 @@ def _tiny(mixer="mamba"):
 
 @pytest.mark.parametrize("mixer", ["mamba", "attention"])  # a state of fixed size, and a growing KV cache
 def test_compiled_decoding_gives_the_same_tokens_and_sees_weight_updates(mixer):
+    """A state of fixed size decodes through the ahead-of-time ``ExportedDecoder``, a KV cache through
+    torch.compile; neither may fall back (a warning fails the test), and both see in-place weight updates."""
     model = _tiny(mixer)
     prompt = torch.randint(0, 256, (2, 6))
     timings = {}
     eager = sample(model, prompt, 12, temperature=0)
-    compiled = sample(model, prompt, 12, temperature=0, compile=True, timings=timings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        compiled = sample(model, prompt, 12, temperature=0, compile=True, timings=timings)
+    assert bool(model.__dict__.get("_exported_decoders")) == (mixer == "mamba")
     assert torch.equal(compiled, eager) and timings["compile_seconds"] > 0
     with torch.no_grad():
         for p in model.parameters():
@@ -119,18 +124,46 @@ def test_compiled_decoding_gives_the_same_tokens_and_sees_weight_updates(mixer):
 
 
 def test_compiled_decoder_falls_back_with_a_warning_when_it_cannot_compile(monkeypatch):
+    """Without a toolchain: the ahead-of-time build fails, then torch.compile; each says so, and decoding goes
+    on uncompiled with the same tokens."""
     model = _tiny("gla")
     decoder = CompiledDecoder(model)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(decoder, "compiled", {False: broken, None: broken})
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
     model.__dict__["_compiled_decoder"] = decoder
     prompt = torch.randint(0, 256, (1, 4))
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*decoding uncompiled"):
+    with pytest.warns(RuntimeWarning) as caught:
         out = sample(model, prompt, 8, temperature=0, compile=True)
+    messages = [str(w.message) for w in caught]
+    assert any("cannot be compiled ahead of time (RuntimeError: no C++ compiler found)" in m for m in messages)
+    assert any("no C++ compiler found" in m and "decoding uncompiled" in m for m in messages)
     assert torch.equal(out, sample(model, prompt, 8, temperature=0))
+
+
+def test_exported_decoder_is_refused_when_its_logits_differ_from_eager_decoding(monkeypatch):
+    """The ahead-of-time step is checked against eager decoding when built (a miscompiled library must not
+    decode silently): one whose runner returns other logits is refused, and decoding falls back."""
+    model = _tiny("mamba")
+    real_load = torch._inductor.aoti_load_package
+
+    class Skewed:
+        def __init__(self, loader):
+            self.inner = loader
+
+        def run(self, inputs):
+            out = self.inner.run(inputs)
+            return [out[0] + 1.0, *out[1:]]
+
+    monkeypatch.setattr(torch._inductor, "aoti_load_package",
+                        lambda path: type("Package", (), {"loader": Skewed(real_load(path).loader)})())
+    prompt = torch.randint(0, 256, (2, 5))
+    with pytest.warns(RuntimeWarning, match="differ from eager decoding"):
+        out = sample(model, prompt, 6, temperature=0, compile=True)
+    assert torch.equal(out, sample(model, prompt, 6, temperature=0))
 
 
 def test_text_stream_never_splits_a_character():

@@ -297,7 +297,7 @@ def llama_cpp_decode_suite(converter: Path, mixers: Sequence[str], sizes: Sequen
                         rows.append(row)
                         if progress:
                             progress(row)
-                del ours, hf
+                ours = hf = None  # free both before the next size is built
     return rows
 
 
