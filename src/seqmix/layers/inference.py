@@ -59,8 +59,8 @@ class Linear(nn.Linear):
 
     def _inference_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The cached weightᵀ when `x` is a few-row product on CPU outside training, else None."""
-        if (x.device.type != "cpu" or x.numel() > INFERENCE_ROWS * self.in_features or torch.is_grad_enabled()
-                or torch.compiler.is_compiling()):
+        if (torch.compiler.is_compiling() or torch.is_grad_enabled() or x.device.type != "cpu"
+                or x.numel() > INFERENCE_ROWS * self.in_features):  # (no size test while tracing: a guard)
             return None
         return self.inference_weight()
 

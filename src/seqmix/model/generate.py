@@ -95,16 +95,16 @@ def _sample(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float
 def _fast_step(model, warm: torch.Tensor, state: list) -> Callable:
     """The decode step ``sample(compile=True)`` uses, built and warmed up for states like `state` after tokens
     like `warm` (made as the loop makes them: an inference tensor). One eager step tells whether the state grows
-    (a KV cache). A state of fixed size is decoded on CUDA by replaying one captured graph (``CudaGraphStep``),
-    on CPU by the model's ``ExportedDecoder``; a growing state, or where those cannot be built (with a
-    warning), through its ``CompiledDecoder``."""
+    (a KV cache). On CPU the step is the model's ``ExportedDecoder``; on CUDA a state of fixed size is decoded
+    by replaying one captured graph (``CudaGraphStep``); a growing state on CUDA, or where those cannot be built
+    (with a warning), goes through the model's ``CompiledDecoder``."""
     after = model.decode(warm, state)[1]
     grows = _shapes(state) != _shapes(after)
-    if not grows:
-        build, what = (CudaGraphStep, "captured as a CUDA graph") if warm.device.type == "cuda" else (
-            _exported_step, "compiled ahead of time")
+    on_cuda = warm.device.type == "cuda"
+    if not (on_cuda and grows):
+        what = "captured as a CUDA graph" if on_cuda else "compiled ahead of time"
         try:
-            return build(model, warm, after)
+            return CudaGraphStep(model, warm, after) if on_cuda else _exported_step(model, warm, state, after)
         except Exception as error:  # e.g. a step that synchronises with the host, no C++ toolchain
             first = str(error).splitlines()[0] if str(error) else ""
             warnings.warn(f"the decode step cannot be {what} ({type(error).__name__}: {first}); using "
@@ -114,14 +114,19 @@ def _fast_step(model, warm: torch.Tensor, state: list) -> Callable:
     return step
 
 
-def _exported_step(model, tokens: torch.Tensor, state: list) -> Callable:
+def _exported_step(model, tokens: torch.Tensor, before: list, after: list) -> Callable:
     """The model's ``ExportedDecoder`` for this batch and state layout (built once, kept on the model), bound to
-    the weights as they are now."""
-    key = (tuple(tokens.shape), torch.get_num_threads(),
-           tuple((t.shape, t.stride(), t.dtype, t.device) for t in tree_flatten(state)[0]))
+    the weights as they are now. `before`, `after`: a state and the next one, which tell the dimensions that
+    grow by a step (a KV cache's length)."""
+    flat_before, flat_after = tree_flatten(before)[0], tree_flatten(after)[0]
+    growing = [tuple(d for d, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n)
+               for a, b in zip(flat_before, flat_after, strict=True)]
+    key = (tuple(tokens.shape), torch.get_num_threads(), tuple(
+        (tuple(-1 if d in dims else n for d, n in enumerate(t.shape)), None if dims else t.stride(), t.dtype,
+         t.device) for t, dims in zip(flat_after, growing)))
     decoder = model.__dict__.get("_exported_decoders", {}).get(key)
     if decoder is None:  # stored once built: export may restore the model's attributes as they were before it
-        decoder = ExportedDecoder(model, tokens, state)
+        decoder = ExportedDecoder(model, tokens, after, growing)
         model.__dict__.setdefault("_exported_decoders", {})[key] = decoder
     return decoder.bind()
 
@@ -152,32 +157,38 @@ class ExportedDecoder:
 
     Every parameter and buffer is an input, none is baked in: ``bind()`` passes them as they are (a ``Linear``'s
     weight as its cached transposed copy, see ``seqmix.layers.Linear``), so weight updates are seen without
-    recompiling, and parameter-only expressions (A = −exp(A_log)) are computed inside the step, fused. Built
-    only for states of fixed size; the runner's kernels use the thread count current at build time. Checked
-    when built: one step equal to eager decoding (to 1e-4 relative), and the state coming back in the layout
-    it went in. Building takes seconds to a minute (a C++ compiler is needed).
+    recompiling, and parameter-only expressions (A = −exp(A_log)) are computed inside the step, fused.
+    ``growing``: for each state tensor (``tree_flatten`` order) the dimensions that grow by one per step (a KV
+    cache's length), exported as one dynamic size; such tensors go in and come out contiguous, the others in
+    the layout of `state`. The runner's kernels use the thread count current at build time. Checked when built:
+    one step equal to eager decoding (to 1e-4 relative), the state coming back in the layout it went in.
+    Building takes seconds to a minute (a C++ compiler is needed).
     """
 
-    def __init__(self, model, tokens: torch.Tensor, state: list):
+    def __init__(self, model, tokens: torch.Tensor, state: list, growing: list[tuple[int, ...]]):
         self.model = model
         self.wrapper = _DecodeStep(model)
         self.names = [name for name, _ in self.wrapper.named_parameters()] + [
             name for name, _ in self.wrapper.named_buffers()]
         flat, self.spec = tree_flatten(state)
-        self.strides = [t.stride() for t in flat]
+        flat = [t.contiguous() if dims else t for t, dims in zip(flat, growing)]
+        self.strides = [None if dims else t.stride() for t, dims in zip(flat, growing)]
         values = self._values()
+        length = torch.export.Dim("length")
+        dynamic = (None, (*(None for _ in values), *({d: length for d in dims} or None for dims in growing)))
         with torch.inference_mode(False), torch.no_grad(), tempfile.TemporaryDirectory() as folder, \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
             # ordinary tensors with the very strides (clone() would compact a slice's): the runner assumes them
             example = tuple(_strided(t, t.stride()) for t in (tokens, *values, *flat))
-            program = torch.export.export(_FlatDecode(model, self.names, self.spec), example, strict=False)
+            program = torch.export.export(_FlatDecode(model, self.names, self.spec), example, strict=False,
+                                          dynamic_shapes=dynamic if any(growing) else None)
             path = torch._inductor.aoti_compile_and_package(program, package_path=f"{folder}/decode.pt2")
             self.run = torch._inductor.aoti_load_package(path).loader.run
         with torch.no_grad():
             out = self.run([tokens, *values, *flat])
-            expected, after = model.decode(tokens, state)
-        if [t.stride() for t in out[1:]] != self.strides:
+            expected, _ = model.decode(tokens, tree_unflatten(flat, self.spec))
+        if any(t.stride() != s if s is not None else not t.is_contiguous() for t, s in zip(out[1:], self.strides)):
             raise RuntimeError("the exported step returns its state in another memory layout than it takes it")
         error = ((out[0] - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
         if not error <= 1e-4:
@@ -204,7 +215,7 @@ class ExportedDecoder:
 
         def step(tokens, state):
             if not isinstance(state, _FlatState):  # the prefill's state: into the exported layout
-                state = [t if t.stride() == s else _strided(t, s)
+                state = [t.contiguous() if s is None else t if t.stride() == s else _strided(t, s)
                          for t, s in zip(tree_flatten(state)[0], strides, strict=True)]
             out = run([tokens, *values, *state])
             return out[0], _FlatState(out[1:])
