@@ -101,11 +101,14 @@ class GatedDeltaNet(Mixer):
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
         q, k, v = l2_normalize(split_heads(q, Hk)), l2_normalize(split_heads(k, Hk)), split_heads(v, H)
-        beta = (torch.sigmoid(self.beta(x)) * self.beta_scale).transpose(1, 2)  # [B, H, T]
+        # the output gate, β and α in one product (β and α alone are too narrow for an efficient one)
+        gate, beta, *alpha = side_by_side(self, "gate_beta_alpha", (self.out_gate, self.beta) + (
+            (self.alpha,) if self.gate else ()), x).split([H * self.dv, H, H][:3 if self.gate else 2], dim=-1)
+        beta = (torch.sigmoid(beta) * self.beta_scale).transpose(1, 2)  # [B, H, T]
         log_alpha = None
         if self.gate:  # log α = −exp(A_log) · softplus(W_α x + dt_bias), a per-head decay in (0, 1]
             A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
-            log_alpha = (A * F.softplus(self.alpha(x) + self.dt_bias)).transpose(1, 2)
+            log_alpha = (A * F.softplus(alpha[0] + self.dt_bias)).transpose(1, 2)
         S = None if state is None else state["S"]
         scale = self.dk ** -0.5
         if T == 1 and state is not None:  # the general rule's step: a = −k, b = α β k (b carries the decay)
@@ -119,7 +122,7 @@ class GatedDeltaNet(Mixer):
         else:
             o, S = op.gated_chunked(q, k, v, beta, log_alpha, S, scale, self.chunk_size)
         new_state["S"] = S
-        y = self.out(self.norm(merge_heads(o), self.out_gate(x)))
+        y = self.out(self.norm(merge_heads(o), gate))
         return y, new_state
 
 
