@@ -110,6 +110,13 @@ def test_unit_lower_solve_gradcheck_and_ignores_the_upper_triangle():
     assert (L.grad.triu() == 0).all()
 
 
+def test_unit_lower_inverse_equals_the_inverse_and_gradchecks():
+    torch.manual_seed(4)
+    L = (torch.randn(2, 8, 8, dtype=F64).tril(-1) * 0.5).requires_grad_()
+    assert_close(dr._UnitLowerInverse.apply(L), torch.linalg.inv(torch.eye(8, dtype=F64) - L), atol=1e-10)
+    assert torch.autograd.gradcheck(lambda L: dr._UnitLowerInverse.apply(L.tril(-1)), (L,))
+
+
 @pytest.mark.parametrize("T", range(1, 10))
 def test_reverse_scan_equals_the_backward_recurrence(T):
     torch.manual_seed(T)

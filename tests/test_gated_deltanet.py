@@ -67,3 +67,20 @@ def test_gradients_of_the_chunked_form_are_exact():
 def test_bad_options_are_refused_by_name(name, options, message):
     with pytest.raises(ValueError, match=message):
         MIXERS.build(name, 16, 2, options=options)
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet"])
+def test_inference_in_pieces_equals_one_pass(name):
+    """Outside autograd a sequence longer than ``piece`` runs piece by piece through the state: same outputs and
+    final state as one pass (piece 5: not a multiple of the chunk; the last piece is a single token)."""
+    torch.manual_seed(0)
+    m = MIXERS.build(name, 16, 2, options={"chunk_size": 4}).double()
+    x = torch.randn(2, 21, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected, expected_state = m(x, m.init_state(2))
+        m.piece = 5
+        y, state = m(x, m.init_state(2))
+        assert torch.allclose(m(x)[0], expected, atol=1e-12, rtol=0)
+    assert torch.allclose(y, expected, atol=1e-12, rtol=0)
+    for key in expected_state:
+        assert torch.allclose(state[key], expected_state[key], atol=1e-12, rtol=0)

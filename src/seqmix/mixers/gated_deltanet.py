@@ -34,8 +34,11 @@ class GatedDeltaNet(Mixer):
     Options: ``gate`` (the decay α; False = DeltaNet), ``head_dim_k`` (None = d_model / n_heads),
     ``head_dim_v`` (None = head_dim_k), ``d_conv`` (conv width; 0 = no conv), ``chunk_size`` (the chunked
     form's chunk, a power of two), ``norm_eps``, ``allow_neg_eigval`` (β = 2σ(W_β x) ∈ (0, 2): the transition
-    I − β k kᵀ may then have a negative eigenvalue, which helps state tracking; Grazzi et al. 2025, OLMo-Hybrid). Init: A ~ U[1, 16] (flash-linear-attention draws U[0, 16];
-    the lower bound keeps log A finite), Δ log-uniform in [1e-3, 1e-1] as in Mamba-2.
+    I − β k kᵀ may then have a negative eigenvalue, which helps state tracking; Grazzi et al. 2025, OLMo-Hybrid),
+    ``piece`` (outside autograd a longer sequence runs ``piece`` tokens at a time through the carried state: same
+    result, and the intermediates stay [B, piece, ·], in cache, instead of being allocated at the full length).
+    Init: A ~ U[1, 16] (flash-linear-attention draws U[0, 16]; the lower bound keeps log A finite), Δ log-uniform
+    in [1e-3, 1e-1] as in Mamba-2.
     State: {"conv": [B, d_conv−1, H_k(2 d_k) + H d_v] (if d_conv), "S": [B, H, d_k, d_v]}.
     """
 
@@ -44,8 +47,9 @@ class GatedDeltaNet(Mixer):
                  head_dim_k: Annotated[int, POSITIVE] | None = None,
                  head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
                  chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5,
-                 allow_neg_eigval: bool = False):
+                 allow_neg_eigval: bool = False, piece: Annotated[int, POSITIVE] = 1024):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_dim=head_dim_k)
+        self.piece = piece
         self.beta_scale = 2.0 if allow_neg_eigval else 1.0
         Hk = n_heads if n_k_heads is None else n_k_heads
         if n_heads % Hk:
@@ -72,6 +76,20 @@ class GatedDeltaNet(Mixer):
         return state
 
     def forward(self, x, state=None, shared=None):
+        T = x.shape[1]
+        if T <= self.piece or torch.is_grad_enabled():
+            y, new_state = self._forward(x, state)
+            return y, (None if state is None else new_state)
+        # inference over a long sequence: piece by piece through the carried state (exact, the layer is causal), so
+        # every intermediate is [B, piece, ·] and stays in cache instead of being allocated at the full length
+        carried, ys = state, []
+        for i in range(0, T, self.piece):
+            y, carried = self._forward(x[:, i:i + self.piece], carried)
+            ys.append(y)
+        return torch.cat(ys, 1), (None if state is None else carried)
+
+    def _forward(self, x, state):
+        """The layer over x [B, T, d_model] from `state` (None = zeros): (y, new state)."""
         H, Hk, T = self.n_heads, self.n_k_heads, x.shape[1]
         new_state = {}
         if self.conv is not None:  # one convolution over the three projections side by side
@@ -83,11 +101,14 @@ class GatedDeltaNet(Mixer):
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
         q, k, v = l2_normalize(split_heads(q, Hk)), l2_normalize(split_heads(k, Hk)), split_heads(v, H)
-        beta = (torch.sigmoid(self.beta(x)) * self.beta_scale).transpose(1, 2)  # [B, H, T]
+        # the output gate, β and α in one product (β and α alone are too narrow for an efficient one)
+        gate, beta, *alpha = side_by_side(self, "gate_beta_alpha", (self.out_gate, self.beta) + (
+            (self.alpha,) if self.gate else ()), x).split([H * self.dv, H, H][:3 if self.gate else 2], dim=-1)
+        beta = (torch.sigmoid(beta) * self.beta_scale).transpose(1, 2)  # [B, H, T]
         log_alpha = None
         if self.gate:  # log α = −exp(A_log) · softplus(W_α x + dt_bias), a per-head decay in (0, 1]
             A = cached(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log))
-            log_alpha = (A * F.softplus(self.alpha(x) + self.dt_bias)).transpose(1, 2)
+            log_alpha = (A * F.softplus(alpha[0] + self.dt_bias)).transpose(1, 2)
         S = None if state is None else state["S"]
         scale = self.dk ** -0.5
         if T == 1 and state is not None:  # the general rule's step: a = −k, b = α β k (b carries the decay)
@@ -101,8 +122,8 @@ class GatedDeltaNet(Mixer):
         else:
             o, S = op.gated_chunked(q, k, v, beta, log_alpha, S, scale, self.chunk_size)
         new_state["S"] = S
-        y = self.out(self.norm(merge_heads(o), self.out_gate(x)))
-        return y, (None if state is None else new_state)
+        y = self.out(self.norm(merge_heads(o), gate))
+        return y, new_state
 
 
 @register_mixer("deltanet")
@@ -114,7 +135,7 @@ class DeltaNet(GatedDeltaNet):
                  head_dim_k: Annotated[int, POSITIVE] | None = None,
                  head_dim_v: Annotated[int, POSITIVE] | None = None, d_conv: Annotated[int, NON_NEGATIVE] = 4,
                  chunk_size: Annotated[int, POWER_OF_TWO] = 32, norm_eps: Annotated[float, POSITIVE] = 1e-5,
-                 allow_neg_eigval: bool = False):
+                 allow_neg_eigval: bool = False, piece: Annotated[int, POSITIVE] = 1024):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, gate=False, n_k_heads=n_k_heads,
                          head_dim_k=head_dim_k, head_dim_v=head_dim_v, d_conv=d_conv, chunk_size=chunk_size,
-                         norm_eps=norm_eps, allow_neg_eigval=allow_neg_eigval)
+                         norm_eps=norm_eps, allow_neg_eigval=allow_neg_eigval, piece=piece)

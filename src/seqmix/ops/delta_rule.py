@@ -104,26 +104,30 @@ def _diagonal_blocks(M: Tensor, s: int) -> Tensor:
     return M.unflatten(-1, (n, s)).unflatten(-3, (n, s)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
 
 
-class _UnitLowerSolve(torch.autograd.Function):
-    """X = (I - L)⁻¹ R for L [.., C, C] strictly lower triangular, C a power of two, R [.., C, D].
+def _unit_lower_inverse(L: Tensor) -> Tensor:
+    """(I - L)⁻¹ for L [.., C, C] strictly lower triangular, C a power of two, by recursive doubling, all matrices
+    at once: with the inverses T_e, T_l of the two s×s diagonal blocks of a 2s-block known, its lower-left block
+    is T_l L_{le} T_e. That is log2(C) batched matmul levels (the same blocks as the GLA core's per-channel
+    scores), where LAPACK's triangular solve loops over the matrices one at a time."""
+    C = L.shape[-1]
+    inverse = torch.zeros_like(L)
+    inverse.diagonal(dim1=-2, dim2=-1).fill_(1)
+    s = 1
+    while s < C:
+        blocks = _diagonal_blocks(inverse, s)
+        early, late = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
+        gla.level_blocks(inverse, s).copy_(gla.thin_matmul(gla.thin_matmul(late, gla.level_blocks(L, s)), early))
+        s *= 2
+    return inverse
 
-    The inverse is built by recursive doubling, all chunks at once: with the inverses T_e, T_l of the two
-    s×s diagonal blocks of a 2s-block known, its lower-left block is T_l L_{le} T_e. That is log2(C)
-    batched matmul levels (the same blocks as the GLA core's per-channel scores), where LAPACK's triangular
-    solve loops over the matrices one at a time. Backward: dR = T⁻ᵀ dX, dL = tril(dR Xᵀ).
-    """
+
+class _UnitLowerSolve(torch.autograd.Function):
+    """X = (I - L)⁻¹ R for L [.., C, C] strictly lower triangular, C a power of two, R [.., C, D]: the inverse
+    by ``_unit_lower_inverse``, then one product. Backward: dR = T⁻ᵀ dX, dL = tril(dR Xᵀ)."""
 
     @staticmethod
     def forward(ctx, L, R):
-        C = L.shape[-1]
-        inverse = torch.zeros_like(L)
-        inverse.diagonal(dim1=-2, dim2=-1).fill_(1)
-        s = 1
-        while s < C:
-            blocks = _diagonal_blocks(inverse, s)
-            early, late = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
-            gla.level_blocks(inverse, s).copy_(gla.thin_matmul(gla.thin_matmul(late, gla.level_blocks(L, s)), early))
-            s *= 2
+        inverse = _unit_lower_inverse(L)
         X = inverse @ R
         ctx.save_for_backward(inverse, X)
         return X
@@ -134,6 +138,23 @@ class _UnitLowerSolve(torch.autograd.Function):
         inverse, X = ctx.saved_tensors
         dR = inverse.transpose(-1, -2) @ dX
         return (dR @ X.transpose(-1, -2)).tril(-1), dR
+
+
+class _UnitLowerInverse(torch.autograd.Function):
+    """T = (I - L)⁻¹ for L [.., C, C] strictly lower triangular (``_unit_lower_inverse``), for a system solved
+    with several right-hand sides, some known only later. Backward: dT = T dL T, so dL = tril(Tᵀ dT Tᵀ)."""
+
+    @staticmethod
+    def forward(ctx, L):
+        inverse = _unit_lower_inverse(L)
+        ctx.save_for_backward(inverse)
+        return inverse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dT):
+        inverse_t = ctx.saved_tensors[0].transpose(-1, -2)
+        return (inverse_t @ dT @ inverse_t).tril(-1)
 
 
 def chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, log_w: Tensor | None = None,
@@ -242,7 +263,11 @@ def gated_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tens
 def _gated_span(q, k, v, beta, g, S, scale, C, outs):
     """``gated_chunked`` over one span from the state S [B·H, Dk, Dv]: appends each chunk's output
     [B·H, C, Dv] to ``outs`` and returns the span's final state. Heads are laid out [B, Hk, H / Hk, ...], the
-    query/key tensors with 1 in the middle, so they broadcast over the value heads they serve."""
+    query/key tensors with 1 in the middle, so they broadcast over the value heads they serve.
+
+    With T = (I + A)⁻¹ the chunk's written values are U = T β V − T (β e^G K) S_0: the first term for all chunks
+    at once, the second inside the loop from the same product that reads the state for the output,
+    [e^G Q; β e^G K] S_0 (so neither W = T β e^G K nor a concatenation of the right-hand sides is formed)."""
     B, Hk, T, Dk = q.shape
     H, Dv = v.shape[1], v.shape[-1]
     pad = (-T) % C
@@ -252,24 +277,23 @@ def _gated_span(q, k, v, beta, g, S, scale, C, outs):
     N = (T + pad) // C
     heads = (B, Hk, H // Hk, N, C)
     qk = torch.cat([(q * scale).reshape(B, Hk, 1, N, C, Dk), k.reshape(B, Hk, 1, N, C, Dk)], dim=-2)  # [Q; K]
-    q, k = qk.split(C, dim=-2)
+    k = qk[..., C:, :]
     q_kt, k_kt = (qk @ k.transpose(-1, -2)).split(C, dim=-2)  # Q Kᵀ, K Kᵀ per key head, [B, Hk, 1, N, C, C]
     G = g.reshape(heads).cumsum(-1)  # ≤ 0, non-increasing within a chunk
     beta = beta.reshape(*heads, 1)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     decay = (G[..., :, None] - G[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()  # e^{G_t−G_s}, s ≤ t
     e_G = G.exp()[..., None]
-    # (I + A) [Ũ, W] = [β V, β e^G K]; the solve reads A's strictly lower triangle only
-    solved = _UnitLowerSolve.apply(k_kt * decay * -beta, torch.cat([beta * v.reshape(*heads, Dv), (beta * e_G) * k],
-                                                                   dim=-1))
-    U_local, W = solved.flatten(0, 2).split([Dv, Dk], dim=-1)  # [B·H, N, C, ·]
+    inverse = _UnitLowerInverse.apply(k_kt * decay * -beta)  # T; it reads A's strictly lower triangle only
+    U_local = (inverse * beta.transpose(-1, -2) @ v.reshape(*heads, Dv)).flatten(0, 2)  # T β V, [B·H, N, C, Dv]
+    inverse = inverse.flatten(0, 2)
+    read = (qk * torch.cat([e_G, beta * e_G], dim=-2)).flatten(0, 2)  # [e^G Q; β e^G K], [B·H, N, 2C, Dk]
     scores = (q_kt * decay).flatten(0, 2)
-    read = torch.cat([(q * e_G).flatten(0, 2), W], dim=-2)  # [e^G Q; W]: both read S_0, in one product
     k_to_end = (k * (G[..., -1:] - G).exp()[..., None]).flatten(0, 2).transpose(-1, -2)  # [B·H, N, Dk, C]
     chunk_decay = e_G[..., -1:, :].flatten(0, 2)  # [B·H, N, 1, 1]
     for n in range(N):
-        q_S, W_S = (read[:, n] @ S).split(C, dim=-2)
-        U = U_local[:, n] - W_S
+        q_S, k_S = (read[:, n] @ S).split(C, dim=-2)
+        U = torch.baddbmm(U_local[:, n], inverse[:, n], k_S, alpha=-1)
         outs.append(torch.baddbmm(q_S, scores[:, n], U))
-        S = torch.baddbmm(chunk_decay[:, n] * S, k_to_end[:, n], U)
+        S = (chunk_decay[:, n] * S).baddbmm_(k_to_end[:, n], U)
     return S
