@@ -106,9 +106,11 @@ def _fast_step(model, warm: torch.Tensor, state: list) -> Callable:
         try:
             return CudaGraphStep(model, warm, after) if on_cuda else _exported_step(model, warm, state, after)
         except Exception as error:  # e.g. a step that synchronises with the host, no C++ toolchain
-            first = str(error).splitlines()[0] if str(error) else ""
-            warnings.warn(f"the decode step cannot be {what} ({type(error).__name__}: {first}); using "
-                          "torch.compile", RuntimeWarning, stacklevel=3)
+            if not grows:  # (a state that grows otherwise than by one position, e.g. BST's block buffer,
+                # exports with no single dynamic length: torch.compile is its path, nothing to warn about)
+                first = str(error).splitlines()[0] if str(error) else ""
+                warnings.warn(f"the decode step cannot be {what} ({type(error).__name__}: {first}); using "
+                              "torch.compile", RuntimeWarning, stacklevel=3)
     step = compiled_decoder(model).bind(warm, state, grows=grows)
     step(warm, step(warm, state)[1])  # a state after the prefill and one after a step differ in strides
     return step
@@ -124,10 +126,15 @@ def _exported_step(model, tokens: torch.Tensor, before: list, after: list) -> Ca
     key = (tuple(tokens.shape), torch.get_num_threads(), tuple(
         (tuple(-1 if d in dims else n for d, n in enumerate(t.shape)), None if dims else t.stride(), t.dtype,
          t.device) for t, dims in zip(flat_after, growing)))
-    decoder = model.__dict__.get("_exported_decoders", {}).get(key)
+    known = model.__dict__.get("_exported_decoders", {})
+    if key in known and known[key] is None:
+        raise RuntimeError("its export failed before for this batch and state layout")
+    decoder = known.get(key)
     if decoder is None:  # stored once built: export may restore the model's attributes as they were before it
-        decoder = ExportedDecoder(model, tokens, after, growing)
-        model.__dict__.setdefault("_exported_decoders", {})[key] = decoder
+        try:
+            decoder = ExportedDecoder(model, tokens, after, growing)
+        finally:  # a failure is remembered too: exporting again would fail again, after as long
+            model.__dict__.setdefault("_exported_decoders", {})[key] = decoder
     return decoder.bind()
 
 
