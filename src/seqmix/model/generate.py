@@ -299,7 +299,9 @@ class _DecodeStep(nn.Module):
 
 class CompiledDecoder:
     """``model.decode`` compiled by torch.compile (inductor: C++ kernels and a C++ wrapper on CPU), falling back
-    to ``model.decode`` with a warning where it cannot compile (no C++ compiler).
+    to ``model.decode`` with a warning where it cannot compile (no C++ compiler). ``sample`` uses it where the
+    faster steps do not apply: a growing state on CUDA, a state that grows otherwise than by one position
+    (BST), or where the ``ExportedDecoder`` / ``CudaGraphStep`` could not be built.
 
     The whole step is one graph (``fullgraph``). A shape that changes from call to call (attention's KV cache,
     the batch size) compiles once more as a dynamic size, then never again. Every ``Linear``
