@@ -41,6 +41,16 @@ def _seqmix_decode(model, tokens, prefill: int) -> torch.Tensor:
     return torch.cat(outs, dim=1)
 
 
+def random_tokens(hf, seed: int, length: int) -> torch.Tensor:
+    """Two rows of `length` token ids drawn from the model's vocabulary with `seed`."""
+    return torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+
+
+def transformers_forward(hf, tokens, prefill: int) -> torch.Tensor:
+    """transformers' uncached forward, as the decode oracle where its cached decode is known to differ."""
+    return hf(tokens, use_cache=False).logits
+
+
 def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm_offset: float = 1.0,
                      gain: float = 0.7, hf_decode=_hf_cached_decode):
     """One shot within 1e-5 of transformers' forward; token by token through seqmix's state within 1e-5 of
@@ -49,14 +59,14 @@ def check_conversion(hf, seed: int = 1, length: int = 23, prefill: int = 9, norm
     ``norm_offset``, ``gain``: see ``randomise``."""
     randomise(hf, seed, norm_offset, gain)
     hf.eval()
-    tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+    tokens = random_tokens(hf, seed, length)
     with torch.no_grad():
         reference = hf(tokens, use_cache=False).logits
         model = from_transformers(hf)
         assert_rel_close(model(tokens), reference, what="one shot")
         theirs = hf_decode(hf, tokens, prefill)
         assert_rel_close(_seqmix_decode(model, tokens, prefill), theirs,
-                         what="token-by-token decode against transformers' cached decode")
+                         what=f"token-by-token decode against transformers' {hf_decode.__name__}")
         exact = copy.deepcopy(model).double()
         assert_rel_close(_seqmix_decode(exact, tokens, prefill), exact(tokens), rtol=1e-12,
                          what="seqmix's decode against its forward, float64")

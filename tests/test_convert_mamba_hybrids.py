@@ -1,14 +1,13 @@
 """Converters of transformers' Mamba variants and Mamba hybrids (Falcon-Mamba, Jamba, ...): the transformers
 model is the oracle, through ``check_conversion`` (one shot, token by token against its own cached decode,
 and seqmix's decode exact in float64)."""
-import copy
 
 import pytest
 import torch
 
 from helpers import assert_rel_close, randomise
 from seqmix.interop import from_transformers, load_pretrained
-from test_convert_hybrids import _hf_cached_decode, _seqmix_decode, check_conversion
+from test_convert_hybrids import _hf_cached_decode, check_conversion, random_tokens, transformers_forward
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,20 +116,14 @@ def test_bamba(overrides):
 
 
 def check_against_forward(hf, seed: int = 1, length: int = 23, prefill: int = 9):
-    """``check_conversion`` for models whose cached decode in transformers is not its forward: one shot and
-    token by token through seqmix's state, both against transformers' forward (≤ 1e-5), and seqmix's decode
-    exact in float64. Returns transformers' own decode-vs-forward disagreement."""
-    randomise(hf, seed)
-    hf.eval()
-    tokens = torch.randint(0, hf.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+    """``check_conversion`` for models whose cached decode in transformers is not its forward: seqmix's token-by-
+    token decode held to transformers' forward instead (weights at gain 1). Returns transformers' own
+    decode-vs-forward disagreement."""
+    check_conversion(hf, seed, length, prefill, gain=1.0, hf_decode=transformers_forward)
+    tokens = random_tokens(hf, seed, length)
     with torch.no_grad():
-        reference = hf(tokens, use_cache=False).logits
-        model = from_transformers(hf)
-        assert_rel_close(model(tokens), reference, what="one shot")
-        assert_rel_close(_seqmix_decode(model, tokens, prefill), reference, what="token-by-token decode")
-        exact = copy.deepcopy(model).double()
-        assert_rel_close(_seqmix_decode(exact, tokens, prefill), exact(tokens), rtol=1e-12, what="float64 decode")
-        return assert_rel_close(_hf_cached_decode(hf, tokens, prefill), reference, rtol=float("inf"))
+        return assert_rel_close(_hf_cached_decode(hf, tokens, prefill), transformers_forward(hf, tokens, prefill),
+                                rtol=float("inf"))
 
 
 def test_bamba_time_step_limit():
