@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from seqmix.layers import few_rows
+
 
 def _unchanged(kept: tuple[torch.Tensor, ...], versions: tuple[int, ...], params: Sequence[torch.Tensor]) -> bool:
     # `kept` holds the storages the value was computed from, so no other tensor can be allocated at their
@@ -50,7 +52,9 @@ class Linear(nn.Linear):
     is a sum of scaled rows and streams at about 29 GB/s (1024 × 256 float32: 86 µs against 36 µs). The
     copy costs the weight's size again in memory while decoding; it is made on CPU only. Training, large batches
     (more than ``INFERENCE_ROWS`` rows), GPUs and compiled graphs use ``F.linear`` on the parameter itself (the
-    compiled decoder passes the cached copy in as that parameter, see ``seqmix.model.generate.CompiledDecoder``).
+    compiled decoder passes the cached copy in as that parameter, see ``seqmix.model.generate.CompiledDecoder``),
+    except inside ``few_rows.in_use()`` (the ahead-of-time decode step), where few-row products run on
+    seqmix's own kernel over the weight as ``decode_weight()`` lays it out.
     """
 
     def inference_weight(self) -> torch.Tensor:
@@ -64,7 +68,16 @@ class Linear(nn.Linear):
             return None
         return self.inference_weight()
 
+    def decode_weight(self) -> torch.Tensor:
+        """The weight [out, in] as the ahead-of-time decode step takes it: the parameter itself where the few-row
+        kernel streams that layout fastest (narrow outputs), else the cached transposed copy, viewed [out, in]."""
+        if few_rows.available() and not few_rows.prefers_transposed(self.out_features, self.in_features):
+            return self.weight.detach()
+        return self.inference_weight().t()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if few_rows.usable(x, self.weight):
+            return few_rows.linear(x, self.weight, self.bias)
         w_t = self._inference_weight(x)
         if w_t is None:
             return nn.functional.linear(x, self.weight, self.bias)
@@ -75,7 +88,7 @@ class Linear(nn.Linear):
     def parts(self, x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """The outputs split into blocks of `sizes` (along the last dimension). When training, one product per
         block of weight rows (a product twice as wide runs below BLAS peak on CPU); inference, one product."""
-        if self._inference_weight(x) is not None:
+        if self._inference_weight(x) is not None or few_rows.usable(x, self.weight):
             return self(x).split(list(sizes), dim=-1)
         weights = self.weight.split(list(sizes))
         biases = (None,) * len(sizes) if self.bias is None else self.bias.split(list(sizes))
@@ -83,7 +96,7 @@ class Linear(nn.Linear):
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """residual + x weightᵀ (+ bias), in one fused product when training."""
-        if self._inference_weight(x) is not None or self.bias is not None:
+        if self._inference_weight(x) is not None or self.bias is not None or few_rows.usable(x, self.weight):
             return residual + self(x)
         return torch.addmm(residual.flatten(0, -2), x.flatten(0, -2), self.weight.t()).view_as(residual)
 
