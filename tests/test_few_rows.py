@@ -62,29 +62,32 @@ def test_kernel_refuses_what_it_cannot_compute():
 
 
 def test_linear_runs_on_the_kernel_only_inside_in_use_and_for_few_rows():
-    layer = Linear(64, 16).eval()
+    layer = Linear(1024, 256).eval()
     with torch.no_grad():
-        assert not few_rows.usable(torch.randn(1, 64), layer.weight)  # off outside the decode export
+        assert not few_rows.usable(torch.randn(1, 1024), layer.weight)  # off outside the decode export
         with few_rows.in_use():
-            assert few_rows.usable(torch.randn(1, 64), layer.weight)
-            assert not few_rows.usable(torch.randn(few_rows.MAX_ROWS + 1, 64), layer.weight)
-            assert not few_rows.usable(torch.randn(1, 64, dtype=torch.float64), layer.weight.double())
-            x = torch.randn(2, 64)
+            assert few_rows.usable(torch.randn(1, 1024), layer.weight)
+            assert not few_rows.usable(torch.randn(few_rows.MAX_ROWS + 1, 1024), layer.weight)
+            assert not few_rows.usable(torch.randn(1, 1024, dtype=torch.float64), layer.weight.double())
+            assert not few_rows.usable(torch.randn(1, 64), torch.randn(16, 64))  # a weight that stays in cache
+            x = torch.randn(2, 1024)
             assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
     # the layout the decode step passes: [out, in] itself for narrow outputs, the cached transpose for wide ones
-    assert Linear(64, 16).decode_weight().is_contiguous()
-    assert Linear(16, 64).decode_weight().t().is_contiguous()
+    # and for weights too small for the kernel
+    assert Linear(1024, 256).decode_weight().is_contiguous()
+    assert Linear(256, 1024).decode_weight().t().is_contiguous()
+    assert Linear(64, 16).decode_weight().t().is_contiguous()
 
 
 def test_exported_program_calls_the_kernel():
-    layer = Linear(32, 48, bias=False).eval()
+    layer = Linear(256, 512, bias=False).eval()
 
     class Step(torch.nn.Module):
         def forward(self, x):
             return layer(x).relu()
 
     with torch.no_grad(), few_rows.in_use():
-        program = torch.export.export(Step(), (torch.randn(1, 32),), strict=False)
+        program = torch.export.export(Step(), (torch.randn(1, 256),), strict=False)
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert "seqmix.few_rows_linear.default" in targets, targets
 
@@ -96,5 +99,5 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_torch_products(monk
         assert not few_rows.available()
     assert not few_rows.available()  # not retried, no second warning
     with few_rows.in_use():
-        assert not few_rows.usable(torch.randn(1, 8), torch.randn(4, 8))
-    assert Linear(64, 16).decode_weight().t().is_contiguous()  # the transposed copy torch's BLAS streams best
+        assert not few_rows.usable(torch.randn(1, 1024), torch.randn(256, 1024))
+    assert Linear(1024, 256).decode_weight().t().is_contiguous()  # the transposed copy torch's BLAS streams best
