@@ -265,7 +265,7 @@ def _run_generate(args, mixers: list[str]) -> int:
                                 args.compile, note, _weight_dtypes(args.weight_dtypes), args.device)
     print(f"\ndecoding through sample(), greedy, float32, median [range] of {args.rounds} interleaved rounds of "
           f"{args.new_tokens} tokens; floor = (weights + state) / read bandwidth; products alone = the model's matrix "
-          "products in the decode layout, nothing else:\n" + _fmt_generate(rows))
+          "products as the (compiled) step runs them, nothing else:\n" + _fmt_generate(rows))
     _write_json(args.out, {"machine": info, "read_gbs": read_gbs, "rows": rows})
     return 0
 

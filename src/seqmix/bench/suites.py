@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import statistics
@@ -17,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seqmix.bench.harness import Roofline, synchronised, time_block, time_interleaved
-from seqmix.layers import Linear
+from seqmix.layers import Linear, few_rows
 from seqmix.layers.low_precision import low_precision_weights
 from seqmix.mixers import MIXERS
 from seqmix.model import ModelConfig, SeqMixLM
@@ -146,14 +147,25 @@ def ttt_forms_suite(mixer_name: str, L: int, d_model: int, n_heads: int, options
     return rows
 
 
+def _decode_products(linears: list[Linear], batch: int, device: str, compiled: bool):
+    """The matrix products of one decode step and nothing else, as the step runs them: with ``compiled`` on CPU
+    the few-row kernel where it takes the product (``seqmix.layers.few_rows``), otherwise torch's product over
+    the cached transposed weight."""
+    weights = [m.decode_weight() if compiled and device == "cpu" else m.inference_weight().t() for m in linears]
+    rows = [torch.randn(batch, w.shape[1], device=device) for w in weights]
+    with few_rows.in_use() if compiled and device == "cpu" else contextlib.nullcontext():
+        kernel = [few_rows.usable(x, w) for x, w in zip(rows, weights)]
+    return lambda: [few_rows.linear(x, w) if k else x @ w.t() for x, w, k in zip(rows, weights, kernel)]
+
+
 def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batches: list[int], new_tokens: int,
                          read_gbs: float, rounds: int, compile: bool, progress=None,
                          weight_dtypes: Sequence[str] = (), device: str = "cpu") -> list[dict]:
     """Whole-model decoding through ``sample`` (greedy, after a 16-token prompt), byte vocabulary, float32:
     time per step by batch size, eager and (with ``compile``) compiled, in interleaved rounds, against the
     memory floor: (parameter + state bytes) / ``read_gbs``, the time to read every weight and the state once,
-    and against the model's matrix products alone in the decode layout (``products_us``, the fastest of 5: what
-    the BLAS makes of these weights, the part of a step no fusion of the other ops removes). ``weight_dtypes``
+    and against the model's matrix products alone as the step runs them (``products_us``, the fastest of 5, see
+    ``_decode_products``: the part of a step no fusion of the other ops removes). ``weight_dtypes``
     ("bfloat16", "int8") add eager variants with the linear layers' weights in that precision
     (``seqmix.layers.low_precision``), each against its own floor. ``device``: where the models run (on CUDA
     the compiled variant of a fixed-size state replays one CUDA graph, see ``sample``)."""
@@ -168,10 +180,9 @@ def model_generate_suite(mixers: list[str], sizes: list[tuple[int, int]], batche
             models.update({d: low_precision_weights(copy.deepcopy(model), d) for d in weight_dtypes})
             weight_bytes = {v: sum(t.numel() * t.element_size() for t in itertools.chain(m.parameters(), m.buffers()))
                             for v, m in models.items()}
-            weights_t = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, Linear)]
+            linears = [m for m in model.modules() if isinstance(m, Linear)]
             for batch in batches:
-                rows_in = [torch.randn(batch, w.shape[0], device=device) for w in weights_t]
-                products = min(time_block(synchronised(lambda: [x @ w for x, w in zip(rows_in, weights_t)], device),
+                products = min(time_block(synchronised(_decode_products(linears, batch, device, compile), device),
                                           0.0) for _ in range(5))
                 prompt = torch.randint(0, 256, (batch, 16), generator=torch.Generator().manual_seed(0)).to(device)
                 state = state_bytes(model.init_state(batch))
