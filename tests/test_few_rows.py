@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from seqmix.layers import Linear, few_rows
+from seqmix.layers.inference import EXPORTED_WEIGHT
 
 pytestmark = pytest.mark.skipif(not few_rows.available(), reason=f"kernel not built: {few_rows._status.get('reason')}")
 
@@ -70,8 +71,9 @@ def test_linear_runs_on_the_kernel_only_inside_in_use_and_for_few_rows():
             assert not few_rows.usable(torch.randn(few_rows.MAX_ROWS + 1, 1024), layer.weight)
             assert not few_rows.usable(torch.randn(1, 1024, dtype=torch.float64), layer.weight.double())
             assert not few_rows.usable(torch.randn(1, 64), torch.randn(16, 64))  # a weight that stays in cache
-            x = torch.randn(2, 1024)
-            assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+            x = torch.randn(2, 1024)  # as the exported decode step calls it: its decode layout given as an input
+            y = torch.func.functional_call(layer, {EXPORTED_WEIGHT: layer.decode_weight()}, (x,))
+            assert torch.allclose(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
     # the layout the decode step passes: [out, in] itself for narrow outputs, the cached transpose for wide ones
     # and for weights too small for the kernel
     assert Linear(1024, 256).decode_weight().is_contiguous()
@@ -83,11 +85,11 @@ def test_exported_program_calls_the_kernel():
     layer = Linear(256, 512, bias=False).eval()
 
     class Step(torch.nn.Module):
-        def forward(self, x):
-            return layer(x).relu()
+        def forward(self, x, weight):
+            return torch.func.functional_call(layer, {EXPORTED_WEIGHT: weight}, (x,)).relu()
 
     with torch.no_grad(), few_rows.in_use():
-        program = torch.export.export(Step(), (torch.randn(1, 256),), strict=False)
+        program = torch.export.export(Step(), (torch.randn(1, 256), layer.decode_weight()), strict=False)
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert "seqmix.few_rows_linear.default" in targets, targets
 
@@ -101,3 +103,22 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_torch_products(monk
     with few_rows.in_use():
         assert not few_rows.usable(torch.randn(1, 1024), torch.randn(256, 1024))
     assert Linear(1024, 256).decode_weight().t().is_contiguous()  # the transposed copy torch's BLAS streams best
+
+
+def test_a_tied_head_gets_its_own_decode_layout_in_the_exported_step():
+    """The head tied to the embedding reads its decode layout (the [d, vocab] copy), not the [vocab, d] table
+    the embedding looks rows up in; decoding gives the eager tokens."""
+    from seqmix import ModelConfig, SeqMixLM
+    from seqmix.model.generate import ExportedDecoder, sample
+    torch.manual_seed(0)
+    model = SeqMixLM(ModelConfig(mixer="gla", vocab_size=1024, d_model=128, n_layers=1, n_heads=2,
+                                 tie_embeddings=True)).eval()
+    assert model.head.weight is model.embed.weight
+    prompt = torch.randint(0, 1024, (1, 5))
+    assert torch.equal(sample(model, prompt, 8, temperature=0, compile=True), sample(model, prompt, 8, temperature=0))
+    decoder, = model.__dict__["_exported_decoders"].values()
+    assert isinstance(decoder, ExportedDecoder)
+    values = dict(zip(decoder.names, decoder._values()))
+    head = values["lm.head.exported_decode_weight"]
+    assert head.shape == (1024, 128) and head.t().is_contiguous()
+    assert values["lm.embed.weight"].is_contiguous()

@@ -41,6 +41,7 @@ def cached(module: nn.Module, name: str, params: Sequence[torch.Tensor], compute
 
 
 INFERENCE_ROWS = 64  # up to this many rows (batch × tokens) a product reads the cached [in, out] weight
+EXPORTED_WEIGHT = "exported_decode_weight"  # a Linear's attribute while the ExportedDecoder traces it
 
 
 class Linear(nn.Linear):
@@ -52,9 +53,10 @@ class Linear(nn.Linear):
     is a sum of scaled rows and streams at about 29 GB/s (1024 × 256 float32: 86 µs against 36 µs). The
     copy costs the weight's size again in memory while decoding; it is made on CPU only. Training, large batches
     (more than ``INFERENCE_ROWS`` rows), GPUs and compiled graphs use ``F.linear`` on the parameter itself (the
-    compiled decoder passes the cached copy in as that parameter, see ``seqmix.model.generate.CompiledDecoder``),
-    except inside ``few_rows.in_use()`` (the ahead-of-time decode step), where few-row products run on
-    seqmix's own kernel over the weight as ``decode_weight()`` lays it out.
+    compiled decoder passes the cached copy in as that parameter, see ``seqmix.model.generate.CompiledDecoder``).
+    The ahead-of-time decode step (``ExportedDecoder``) passes ``decode_weight()`` in as the attribute
+    ``EXPORTED_WEIGHT`` (a tied head gets its own, not the embedding's [vocab, d] table), and inside
+    ``few_rows.in_use()`` its few-row products run on seqmix's own kernel.
     """
 
     def inference_weight(self) -> torch.Tensor:
@@ -76,8 +78,11 @@ class Linear(nn.Linear):
         return self.inference_weight().t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if few_rows.usable(x, self.weight):
-            return few_rows.linear(x, self.weight, self.bias)
+        if EXPORTED_WEIGHT in self.__dict__:  # traced for the ahead-of-time decode step
+            weight = self.__dict__[EXPORTED_WEIGHT]
+            if few_rows.usable(x, weight):
+                return few_rows.linear(x, weight, self.bias)
+            return nn.functional.linear(x, weight, self.bias)
         w_t = self._inference_weight(x)
         if w_t is None:
             return nn.functional.linear(x, self.weight, self.bias)
@@ -88,7 +93,7 @@ class Linear(nn.Linear):
     def parts(self, x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """The outputs split into blocks of `sizes` (along the last dimension). When training, one product per
         block of weight rows (a product twice as wide runs below BLAS peak on CPU); inference, one product."""
-        if self._inference_weight(x) is not None or few_rows.usable(x, self.weight):
+        if self._inference_weight(x) is not None or EXPORTED_WEIGHT in self.__dict__:
             return self(x).split(list(sizes), dim=-1)
         weights = self.weight.split(list(sizes))
         biases = (None,) * len(sizes) if self.bias is None else self.bias.split(list(sizes))
@@ -96,7 +101,7 @@ class Linear(nn.Linear):
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """residual + x weightᵀ (+ bias), in one fused product when training."""
-        if self._inference_weight(x) is not None or self.bias is not None or few_rows.usable(x, self.weight):
+        if self._inference_weight(x) is not None or self.bias is not None or EXPORTED_WEIGHT in self.__dict__:
             return residual + self(x)
         return torch.addmm(residual.flatten(0, -2), x.flatten(0, -2), self.weight.t()).view_as(residual)
 

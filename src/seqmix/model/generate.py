@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from seqmix.data.tokenizer import ByteTokenizer
 from seqmix.layers import Linear, few_rows
+from seqmix.layers.inference import EXPORTED_WEIGHT
 from seqmix.model.state import map_state
 
 
@@ -162,9 +163,10 @@ class ExportedDecoder:
     (tokens, every parameter and buffer, the state), about 2 µs of overhead against ≈ 150 µs for a
     torch.compile'd call (guards, argument handling), which is most of a small model's step on CPU.
 
-    Every parameter and buffer is an input, none is baked in: ``bind()`` passes them as they are (a ``Linear``'s
-    weight as its cached transposed copy, see ``seqmix.layers.Linear``), so weight updates are seen without
-    recompiling, and parameter-only expressions (A = −exp(A_log)) are computed inside the step, fused.
+    Every parameter and buffer is an input, none is baked in: ``bind()`` passes them as they are, and each
+    ``Linear``'s ``decode_weight()`` besides (the layout its products read; a tied head gets its own rather
+    than the embedding's [vocab, d] table), so weight updates are seen without recompiling, and parameter-only
+    expressions (A = −exp(A_log)) are computed inside the step, fused.
     ``growing``: for each state tensor (``tree_flatten`` order) the dimensions that grow by one per step (a KV
     cache's length), exported as one dynamic size; such tensors go in and come out contiguous, the others in
     the layout of `state`. The runner's kernels use the thread count current at build time. Checked when built:
@@ -177,8 +179,10 @@ class ExportedDecoder:
     def __init__(self, model, tokens: torch.Tensor, state: list, growing: list[tuple[int, ...]]):
         self.model = model
         self.wrapper = _DecodeStep(model)
+        self.linears = {f"{name}.{EXPORTED_WEIGHT}": module for name, module in self.wrapper.named_modules()
+                        if isinstance(module, Linear)}  # each Linear's decode layout, an input of its own
         self.names = [name for name, _ in self.wrapper.named_parameters()] + [
-            name for name, _ in self.wrapper.named_buffers()]
+            name for name, _ in self.wrapper.named_buffers()] + list(self.linears)
         flat, self.spec = tree_flatten(state)
         flat = [t.contiguous() if dims else t for t, dims in zip(flat, growing)]
         self.strides = [None if dims else t.stride() for t, dims in zip(flat, growing)]
@@ -204,16 +208,10 @@ class ExportedDecoder:
             raise RuntimeError(f"the exported step's logits differ from eager decoding by {error:.1e} (relative)")
 
     def _values(self) -> list[torch.Tensor]:
-        linears = {id(m.weight): m for m in self.model.modules() if isinstance(m, Linear)}
-        embedding = getattr(self.model.embed, "weight", None)
         named = dict(self.wrapper.named_parameters())
         named.update(self.wrapper.named_buffers())
-        values = []
-        for name in self.names:
-            tensor, linear = named[name], linears.get(id(named[name]))
-            values.append(linear.decode_weight() if linear is not None and tensor is not embedding
-                          else tensor.detach())
-        return values
+        return [self.linears[name].decode_weight() if name in self.linears else named[name].detach()
+                for name in self.names]
 
     def bind(self) -> Callable:
         """step(tokens, state) -> (logits, state) with the weights as they are now; the state it returns is a
