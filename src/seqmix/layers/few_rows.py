@@ -41,7 +41,7 @@ def _command(compiler: str, source: pathlib.Path, target: pathlib.Path) -> list[
     from torch.utils.cpp_extension import include_paths, library_paths
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     native = [] if sys.platform == "darwin" else ["-march=native"]
-    return [compiler, "-O3", *native, "-std=c++17", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+    return [compiler, "-O3", *native, "-fopenmp", "-std=c++17", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             *(f"-I{p}" for p in include_paths()), str(source), "-o", str(target),
             *(f"-L{p}" for p in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch",
             *(f"-Wl,-rpath,{p}" for p in library_paths())]
