@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from seqmix.bench.harness import Roofline, synchronised, time_block, time_interleaved
 from seqmix.layers import Linear, few_rows
+from seqmix.layers.inference import packed_decode_weights
 from seqmix.layers.low_precision import low_precision_weights
 from seqmix.mixers import MIXERS
 from seqmix.model import ModelConfig, SeqMixLM
@@ -149,11 +150,12 @@ def ttt_forms_suite(mixer_name: str, L: int, d_model: int, n_heads: int, options
 
 def _decode_products(linears: list[Linear], batch: int, device: str, compiled: bool):
     """The matrix products of one decode step and nothing else, as the step runs them: with ``compiled`` on CPU
-    the few-row kernel where it takes the product (``seqmix.layers.few_rows``), otherwise torch's product over
-    the cached transposed weight."""
-    weights = [m.decode_weight() if compiled and device == "cpu" else m.inference_weight().t() for m in linears]
+    the few-row kernel where it takes the product (``seqmix.layers.few_rows``) over the packed decode weights
+    (``packed_decode_weights``), otherwise torch's product over the cached transposed weight."""
+    on_cpu = compiled and device == "cpu"
+    weights = packed_decode_weights(linears) if on_cpu else [m.inference_weight().t() for m in linears]
     rows = [torch.randn(batch, w.shape[1], device=device) for w in weights]
-    with few_rows.in_use() if compiled and device == "cpu" else contextlib.nullcontext():
+    with few_rows.in_use() if on_cpu else contextlib.nullcontext():
         kernel = [few_rows.usable(x, w) for x, w in zip(rows, weights)]
     return lambda: [few_rows.linear(x, w) if k else x @ w.t() for x, w, k in zip(rows, weights, kernel)]
 

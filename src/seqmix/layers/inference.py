@@ -6,6 +6,8 @@ fuses such expressions itself): there the value is computed afresh, exactly as w
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 from typing import Callable, Sequence
 
 import torch
@@ -70,12 +72,15 @@ class Linear(nn.Linear):
             return None
         return self.inference_weight()
 
+    def decode_transposed(self) -> bool:
+        """Whether the ahead-of-time decode step reads this weight as [in, out] (wide outputs, or torch's BLAS
+        where the few-row kernel is not built) rather than as the [out, in] parameter (narrow outputs)."""
+        return not few_rows.available() or few_rows.prefers_transposed(self.out_features, self.in_features)
+
     def decode_weight(self) -> torch.Tensor:
-        """The weight [out, in] as the ahead-of-time decode step takes it: the parameter itself where the few-row
-        kernel streams that layout fastest (narrow outputs), else the cached transposed copy, viewed [out, in]."""
-        if few_rows.available() and not few_rows.prefers_transposed(self.out_features, self.in_features):
-            return self.weight.detach()
-        return self.inference_weight().t()
+        """The weight [out, in] as the ahead-of-time decode step reads it: the parameter itself, or (where
+        ``decode_transposed``) the cached transposed copy viewed [out, in]."""
+        return self.inference_weight().t() if self.decode_transposed() else self.weight.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if EXPORTED_WEIGHT in self.__dict__:  # traced for the ahead-of-time decode step
@@ -124,3 +129,39 @@ def side_by_side(owner: nn.Module, name: str, layers: Sequence[nn.Module], x: to
     if x.numel() <= INFERENCE_ROWS * x.shape[-1] and x.device.type == "cpu":
         return x @ cached(owner, name + "_t", weights, lambda: torch.cat(weights).t().contiguous())
     return nn.functional.linear(x, cached(owner, name, weights, lambda: torch.cat(weights)))
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def _page_backed(numel: int) -> torch.Tensor:
+    """An uninitialised float32 tensor in fresh anonymous memory, advised to the kernel as 2 MiB pages where the
+    OS allows it (Linux ``madvise(MADV_HUGEPAGE)``; a no-op elsewhere), before anything touches it."""
+    size = -(-numel * 4 // _HUGE_PAGE) * _HUGE_PAGE + _HUGE_PAGE  # whole pages, and one to align the start
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = memoryview(memory)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    start = -address % _HUGE_PAGE
+    if hasattr(memory, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE, start, size - start)
+    tensor = torch.frombuffer(view, dtype=torch.float32, count=numel, offset=start)
+    return tensor
+
+
+def packed_decode_weights(linears: Sequence[Linear]) -> list[torch.Tensor]:
+    """Copies of each layer's ``decode_weight()``, in the same layouts, side by side in one buffer backed by
+    2 MiB pages (``_page_backed``). Decoding streams every weight once per token; across 4 KiB pages the
+    processor's prefetchers stop at every page and the address translations miss, which costs most for the
+    many weights of 0.5–1 MB (measured here with the few-row kernel: 512 × 512 weights 12.2 → 15.3 GB/s,
+    512 × 2736 21.4 → 24.2 GB/s). Costs the weights' size again in memory."""
+    sizes = [-(-m.weight.numel() // 16) * 16 for m in linears]  # 64-byte aligned
+    buffer = _page_backed(sum(sizes))
+    copies, offset = [], 0
+    for m, size in zip(linears, sizes):
+        part = buffer[offset:offset + m.weight.numel()]
+        offset += size
+        if m.decode_transposed():
+            copies.append(part.view(m.in_features, m.out_features).copy_(m.weight.detach().t()).t())
+        else:
+            copies.append(part.view(m.out_features, m.in_features).copy_(m.weight.detach()))
+    return copies

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from seqmix.data.tokenizer import ByteTokenizer
 from seqmix.layers import Linear, few_rows
-from seqmix.layers.inference import EXPORTED_WEIGHT
+from seqmix.layers.inference import EXPORTED_WEIGHT, cached, packed_decode_weights
 from seqmix.model.state import map_state
 
 
@@ -165,8 +165,9 @@ class ExportedDecoder:
 
     Every parameter and buffer is an input, none is baked in: ``bind()`` passes them as they are, and each
     ``Linear``'s ``decode_weight()`` besides (the layout its products read; a tied head gets its own rather
-    than the embedding's [vocab, d] table), so weight updates are seen without recompiling, and parameter-only
-    expressions (A = −exp(A_log)) are computed inside the step, fused.
+    than the embedding's [vocab, d] table), copied side by side into memory of 2 MiB pages
+    (``packed_decode_weights``, kept until a weight changes), so weight updates are seen without recompiling,
+    and parameter-only expressions (A = −exp(A_log)) are computed inside the step, fused.
     ``growing``: for each state tensor (``tree_flatten`` order) the dimensions that grow by one per step (a KV
     cache's length), exported as one dynamic size; such tensors go in and come out contiguous, the others in
     the layout of `state`. The runner's kernels use the thread count current at build time. Checked when built:
@@ -210,8 +211,10 @@ class ExportedDecoder:
     def _values(self) -> list[torch.Tensor]:
         named = dict(self.wrapper.named_parameters())
         named.update(self.wrapper.named_buffers())
-        return [self.linears[name].decode_weight() if name in self.linears else named[name].detach()
-                for name in self.names]
+        linears = list(self.linears.values())
+        packed = dict(zip(self.linears, cached(self.model, "packed_decode_weights", [m.weight for m in linears],
+                                               lambda: packed_decode_weights(linears))))
+        return [packed[name] if name in packed else named[name].detach() for name in self.names]
 
     def bind(self) -> Callable:
         """step(tokens, state) -> (logits, state) with the weights as they are now; the state it returns is a
