@@ -248,3 +248,17 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(mixer):
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
                 token = expected[:, -1].argmax(-1, keepdim=True)
     assert torch.equal(sample(model, prompt, 12, temperature=0, compile=True), sample(model, prompt, 12, temperature=0))
+
+
+def test_packed_decode_weights_copy_each_weight_in_its_decode_layout():
+    """The ahead-of-time step's weights, side by side in one page-backed buffer: equal to the parameters, laid
+    out as ``decode_weight()`` lays them out, each 64-byte aligned, none sharing memory with a parameter."""
+    from seqmix.layers.inference import packed_decode_weights
+    torch.manual_seed(0)
+    layers = [Linear(512, 512), Linear(1024, 256), Linear(13, 7), Linear(64, 2000)]
+    copies = packed_decode_weights(layers)
+    for layer, copy_ in zip(layers, copies):
+        assert torch.equal(copy_, layer.weight) and copy_.stride() == layer.decode_weight().stride()
+        assert copy_.data_ptr() % 64 == 0 and copy_.data_ptr() != layer.weight.data_ptr()
+    ends = sorted((c.data_ptr(), c.data_ptr() + 4 * c.numel()) for c in copies)
+    assert all(end <= start for (_, end), (start, _) in zip(ends, ends[1:]))  # no overlaps
