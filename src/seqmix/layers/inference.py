@@ -144,8 +144,7 @@ def _page_backed(numel: int) -> torch.Tensor:
     start = -address % _HUGE_PAGE
     if hasattr(memory, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE, start, size - start)
-    tensor = torch.frombuffer(view, dtype=torch.float32, count=numel, offset=start)
-    return tensor
+    return torch.frombuffer(view, dtype=torch.float32, count=numel, offset=start)  # keeps the mapping alive
 
 
 def packed_decode_weights(linears: Sequence[Linear]) -> list[torch.Tensor]:
