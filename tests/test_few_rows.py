@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from seqmix.layers import Linear, few_rows
 from seqmix.layers.inference import EXPORTED_WEIGHT
 
-pytestmark = pytest.mark.skipif(not few_rows.available(), reason=f"kernel not built: {few_rows._status.get('reason')}")
+pytestmark = pytest.mark.skipif(not few_rows.available(), reason=f"kernel not built: {few_rows.KERNEL.status.get('reason')}")
 
 
 def _layouts(weight):
@@ -95,8 +95,8 @@ def test_exported_program_calls_the_kernel():
 
 
 def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_torch_products(monkeypatch):
-    monkeypatch.setattr(few_rows, "_status", {})
-    monkeypatch.setattr(few_rows, "_compiler", lambda: "/nonexistent/c++")
+    monkeypatch.setattr(few_rows.KERNEL, "status", {})
+    monkeypatch.setattr(few_rows.KERNEL, "compiler", lambda: "/nonexistent/c++")
     with pytest.warns(RuntimeWarning, match="kernel could not be built.*torch's matrix products"):
         assert not few_rows.available()
     assert not few_rows.available()  # not retried, no second warning
