@@ -94,6 +94,7 @@ def test_bench_cli_generate_suite_times_whole_models_against_their_floor(tmp_pat
 def test_bench_cli_hf_layers_checks_against_transformers_first(tmp_path, capsys):
     pytest.importorskip("transformers.models.qwen3_next")
     pytest.importorskip("transformers.models.kimi_linear")
+    pytest.importorskip("transformers.models.lfm2")
     out = tmp_path / "hf.json"
     parser = argparse.ArgumentParser()
     cli.configure(parser)
@@ -101,7 +102,7 @@ def test_bench_cli_hf_layers_checks_against_transformers_first(tmp_path, capsys)
                               "--rounds", "1", "--min-time", "0", "--out", str(out)])
     assert cli.run(args) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["mixer"] for r in rows] == ["gated_deltanet", "kda", "lightning", "attention", "mla"]
+    assert [r["mixer"] for r in rows] == ["gated_deltanet", "kda", "lightning", "short_conv", "attention", "mla"]
     assert all(r["L"] == 70 and r["relative_error"] <= 1e-4 and r["speedup"] > 0 for r in rows)
     # the projections are part of each layer, so the ceiling they imply is computed from the same timings
     assert all(r["ceiling"] == r["transformers_ms"] / r["projections_ms"] > 0 for r in rows)

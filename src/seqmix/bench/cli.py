@@ -17,7 +17,7 @@ from seqmix.bench.suites import decode_suite, forward_suite, model_generate_suit
 DEFAULT_MIXERS = "attention,linear_attention,gla"
 TTT_MIXERS = "ttt_linear,ttt_mlp,attention"  # the default of --suite ttt
 GENERATE_MIXERS = "mamba,mamba2,gla,rwkv7,ttt_linear"  # the default of --suite generate
-HF_MIXERS = "gated_deltanet,kda,lightning,attention,mla"  # the default of --suite hf-layers
+HF_MIXERS = "gated_deltanet,kda,lightning,short_conv,attention,mla"  # the default of --suite hf-layers
 TRAIN_MIXERS = "attention,gla"  # the default of --suite train
 LLAMA_MIXERS = "mamba"  # the default of --suite decode --llama-cpp
 GENERATE_SIZES = "256x4,512x8"  # the default --sizes of --suite generate and train
@@ -35,7 +35,7 @@ def configure(p) -> None:
                         "and decode of TTT-Linear, TTT-MLP and attention; generate = whole models decoding "
                         f"through sample() against their memory floor (default mixers {GENERATE_MIXERS}); hf-layers = the "
                         f"production mixers ({HF_MIXERS}) against the same layers of transformers' Qwen3-Next, "
-                        "Kimi Linear and MiniMax (their CPU torch paths), same weights, outputs checked equal first, at "
+                        "Kimi Linear, MiniMax and LFM2 (their CPU torch paths), same weights, outputs checked equal first, at "
                         "--lengths; train = training tokens/s of whole models with and without torch.compile (default "
                         f"mixers {TRAIN_MIXERS}, --sizes, --batches, --seq-len)")
     p.add_argument("--mixers", default=None,

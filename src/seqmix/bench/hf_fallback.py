@@ -1,8 +1,9 @@
 """The production mixers against transformers' own CPU paths, layer by layer: a one-layer transformers model
-(Qwen3-Next, Kimi Linear, MiniMax) with random weights is converted with ``from_transformers``, so both sides hold the
+(Qwen3-Next, Kimi Linear, MiniMax, LFM2) with random weights is converted with ``from_transformers``, so both sides hold the
 same weights; each layer's outputs are checked equal first, then both are timed in interleaved rounds on the
 same input (one forward over the whole sequence, no autograd). transformers' layers run its torch fallbacks
-(``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``, SDPA attention), what users have on CPU.
+(``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``, SDPA attention, LFM2's convolution through
+``nn.Conv1d``), what users have on CPU.
 
 Beside them the layer's projections alone are timed in the same rounds: every linear layer of the seqmix mixer
 once over as many rows as the sequence has tokens, the work both sides share (same weights, same products). The
@@ -23,6 +24,7 @@ LAYERS = {
     "kda": ("kimi_linear", "linear_attention", "KimiLinearDeltaAttention (chunk_kimi_delta_attention)"),
     "mla": ("kimi_linear", "full_attention", "KimiLinearAttention (latent attention; SDPA)"),
     "lightning": ("minimax", "linear_attention", "MiniMaxLightningAttention (blockwise torch prefill)"),
+    "short_conv": ("lfm2", "conv", "Lfm2ShortConv (nn.Conv1d)"),
 }
 
 
@@ -37,6 +39,9 @@ def _one_layer_model(family: str, layer_type: str, d_model: int, heads: int, hea
             **common, head_dim=head_dim, num_experts=0, linear_num_key_heads=max(1, heads // 2),
             linear_num_value_heads=heads, linear_key_head_dim=head_dim, linear_value_head_dim=head_dim)
         model = transformers.Qwen3NextForCausalLM(config)
+    elif family == "lfm2":
+        config = transformers.Lfm2Config(**common, conv_L_cache=3, conv_bias=False)
+        model = transformers.Lfm2ForCausalLM(config)
     elif family == "minimax":
         config = transformers.MiniMaxConfig(**common, head_dim=head_dim, num_local_experts=1, num_experts_per_tok=1)
         model = transformers.MiniMaxForCausalLM(config)
@@ -54,6 +59,8 @@ def _transformers_layer(family: str, layer_type: str, hf) -> Callable[[torch.Ten
     layer = hf.model.layers[0]
     if family == "minimax":
         return lambda x: layer.self_attn(hidden_states=x, position_embeddings=None, attention_mask=None)[0]
+    if family == "lfm2":
+        return lambda x: layer.conv(x)
     if layer_type == "linear_attention":
         module = layer.linear_attn if family == "qwen3_next" else layer.self_attn
         return lambda x: module(hidden_states=x)
