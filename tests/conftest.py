@@ -11,6 +11,26 @@ def _seed():
     yield
 
 
+@pytest.fixture(params=["torch", "kernel"])
+def head_decay_path(request):
+    """The chunked forms with one decay per head (``gated_linear_attention.chunked``, ``delta_rule.gated_chunked``)
+    in torch operations, or on seqmix's CPU kernel (``ops.head_decay``; checked to have run, skipped where it cannot
+    be built or for a per-channel decay, which it does not take)."""
+    from seqmix.ops import head_decay
+
+    if request.param == "torch":
+        with head_decay.allowed(False):
+            yield request.param
+        return
+    if getattr(request.node, "callspec", None) and request.node.callspec.params.get("decay") == "channel":
+        pytest.skip("per-channel decay: torch operations only")
+    if not head_decay.KERNEL.available():
+        pytest.skip(f"kernel not built: {head_decay.KERNEL.status['reason']}")
+    with torch.profiler.profile() as profile:
+        yield request.param
+    assert any(event.name == "seqmix::head_decay_chunked" for event in profile.events()), "the kernel did not run"
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):
     """A small real-text corpus: 24 pieces of 4 kB from six plays (split by file: ~90/5/5)."""

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import assert_close
-from seqmix.ops import delta_rule as dr
+from seqmix.ops import delta_rule as dr, head_decay
 
 F64 = torch.float64
 
@@ -166,21 +166,6 @@ def test_bad_shapes_are_refused():
         dr.parallel(q, k, v, a[..., :3], b, log_w)
 
 
-@pytest.fixture(params=["torch", "kernel"])
-def gated_path(request):
-    """``gated_chunked`` in torch operations, or on the C++ kernel (checked to have run; skipped where it cannot
-    be built)."""
-    if request.param == "torch":
-        with dr.kernel_allowed(False):
-            yield request.param
-        return
-    if not dr.KERNEL.available():
-        pytest.skip(f"kernel not built: {dr.KERNEL.status['reason']}")
-    with torch.profiler.profile() as profile:
-        yield request.param
-    assert any(event.name == "seqmix::gated_delta_chunked" for event in profile.events()), "the kernel did not run"
-
-
 def _gated_inputs(T, decay=True, B=2, H=3, Dk=8, Dv=5):
     q, k, v, _, _, _ = _inputs(B=B, H=H, T=T, Dk=Dk, Dv=Dv)
     k = F.normalize(k, dim=-1)
@@ -192,7 +177,7 @@ def _gated_inputs(T, decay=True, B=2, H=3, Dk=8, Dv=5):
 @pytest.mark.parametrize("decay", [True, False])
 @pytest.mark.parametrize("T", [1, 15, 37, 100])
 @pytest.mark.parametrize("chunk_size", [16, 64])
-def test_gated_chunked_equals_the_rule_per_token(decay, T, chunk_size, gated_path):
+def test_gated_chunked_equals_the_rule_per_token(decay, T, chunk_size, head_decay_path):
     """The specialised chunked form against the gated delta rule written out per token (α = 1: DeltaNet)."""
     q, k, v, beta, log_alpha = _gated_inputs(T, decay)
     S0 = torch.randn(2, 3, 8, 5, dtype=F64)
@@ -209,7 +194,7 @@ def test_gated_chunked_equals_the_rule_per_token(decay, T, chunk_size, gated_pat
         assert_close(S, S_ref, what="gated_chunked state")
 
 
-def test_gated_chunked_state_cut_at_unaligned_positions(gated_path):
+def test_gated_chunked_state_cut_at_unaligned_positions(head_decay_path):
     q, k, v, beta, log_alpha = _gated_inputs(100)
     full, S_full = dr.gated_chunked(q, k, v, beta, log_alpha, chunk_size=32)
     S, outs = None, []
@@ -227,7 +212,7 @@ def test_gated_chunked_gradcheck():
     assert torch.autograd.gradcheck(lambda q, k, v, beta, g, S0: dr.gated_chunked(q, k, v, beta, g, S0, 0.7, 4), args)
 
 
-def test_gated_chunked_float32_long_sequence(gated_path):
+def test_gated_chunked_float32_long_sequence(head_decay_path):
     q, k, v, beta, log_alpha = (x.float() for x in _gated_inputs(4096, B=1, H=2, Dk=16, Dv=8))
     o, S = dr.gated_chunked(q, k, v, beta, log_alpha * 0.05, chunk_size=64)
     ref, S_ref = dr.gated_chunked(*(x.double() for x in (q, k, v, beta, log_alpha * 0.05)), chunk_size=64)
@@ -239,15 +224,15 @@ def test_the_kernel_takes_strided_inputs_and_leaves_autograd_to_torch():
     """Inputs laid out as the layer makes them (token-major [B, T, H, D] memory seen as [B, H, T, D], β and log α
     transposed, a key whose last dimension is strided) give the torch path's result; under autograd the torch
     path runs, so gradients flow."""
-    if not dr.KERNEL.available():
-        pytest.skip(f"kernel not built: {dr.KERNEL.status['reason']}")
+    if not head_decay.KERNEL.available():
+        pytest.skip(f"kernel not built: {head_decay.KERNEL.status['reason']}")
     q, k, v, beta, log_alpha = _gated_inputs(50, H=4)
     q, k = q[:, :2], k[:, :2]
     q = q.transpose(1, 2).contiguous().transpose(1, 2)
     k = k.transpose(-1, -2).contiguous().transpose(-1, -2)  # last dimension strided
     beta, log_alpha = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (beta, log_alpha))
     S0 = torch.randn(2, 4, 8, 5, dtype=F64)
-    with dr.kernel_allowed(False):
+    with head_decay.allowed(False):
         expected, S_end = dr.gated_chunked(q, k, v, beta, log_alpha, S0, 0.5, 16)
     o, S = dr.gated_chunked(q, k, v, beta, log_alpha, S0, 0.5, 16)
     assert_close(o, expected, atol=1e-12, rtol=1e-12, what="kernel output")
@@ -265,7 +250,7 @@ def test_gated_chunked_bad_shapes_are_refused():
         dr.gated_chunked(q, k, v, beta, log_alpha[:, :1])
 
 
-def test_gated_chunked_groups_heads_and_spans(gated_path):
+def test_gated_chunked_groups_heads_and_spans(head_decay_path):
     """Query/key heads serving several value heads equal those heads repeated; any span gives the same result."""
     q, k, v, beta, log_alpha = _gated_inputs(45, H=4)
     q, k = q[:, :2], k[:, :2]  # 2 query/key heads, each for 2 consecutive value heads

@@ -27,7 +27,7 @@ def _step_all(step, q, k, v, g, state, **kw):
 @pytest.mark.parametrize("decay", ["none", "scalar", "channel"])
 @pytest.mark.parametrize("T", [1, 15, 16, 37, 130])
 @pytest.mark.parametrize("chunk_size", [16, 64])
-def test_gla_forms_agree(decay, T, chunk_size):
+def test_gla_forms_agree(decay, T, chunk_size, head_decay_path):
     q, k, v, g = _inputs(T=T, decay=decay)
     S0 = torch.randn(2, 3, 8, 5, dtype=F64)
     o_par, s_par = gla.parallel(q, k, v, g, S0, scale=0.7)
@@ -39,7 +39,7 @@ def test_gla_forms_agree(decay, T, chunk_size):
 
 
 @pytest.mark.parametrize("decay", ["scalar", "channel"])
-def test_gla_state_cut_at_unaligned_positions(decay):
+def test_gla_state_cut_at_unaligned_positions(decay, head_decay_path):
     q, k, v, g = _inputs(T=100, decay=decay)
     full, s_full = gla.chunked(q, k, v, g, chunk_size=32)
     state, outs = None, []
@@ -63,7 +63,7 @@ def test_gla_chunked_gradcheck(decay):
     assert torch.autograd.gradcheck(f, args)
 
 
-def test_gla_long_sequence_float32_has_no_overflow():
+def test_gla_long_sequence_float32_has_no_overflow(head_decay_path):
     # strong decay (g ≈ -20 per step) over 8192 steps: cumulative log decay reaches -1.6e5
     q, k, v, _ = _inputs(B=1, H=1, T=8192, Dk=4, Dv=4, decay="none", dtype=torch.float32)
     for g in (torch.full((1, 1, 8192, 4), -20.0), torch.full((1, 1, 8192), -0.01)):

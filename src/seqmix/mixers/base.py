@@ -49,6 +49,26 @@ class Mixer(nn.Module):
     def forward(self, x: torch.Tensor, state: State | None = None, shared: dict | None = None):
         raise NotImplementedError
 
+    def _forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """The layer over x [B, T, d_model] from ``state`` (None = zeros): (y, new state). Mixers that run long
+        sequences in pieces (``_in_pieces``) implement this."""
+        raise NotImplementedError
+
+    def _in_pieces(self, x: torch.Tensor, state: State | None, piece: int):
+        """``forward`` through ``_forward``: outside autograd a sequence longer than ``piece`` tokens runs ``piece``
+        tokens at a time through the carried state (exact, the layer is causal), so every intermediate is
+        [B, piece, ·] and stays in cache instead of being allocated at the full length (glibc maps a fresh tensor
+        of ≥ 32 MiB anew on every call, and touching it first costs more than computing it). Returns (y, new state),
+        the state None when none was given."""
+        if x.shape[1] <= piece or torch.is_grad_enabled():
+            y, new_state = self._forward(x, state)
+            return y, (None if state is None else new_state)
+        carried, ys = state, []
+        for i in range(0, x.shape[1], piece):
+            y, carried = self._forward(x[:, i:i + piece], carried)
+            ys.append(y)
+        return torch.cat(ys, 1), (None if state is None else carried)
+
     def _zeros(self, *shape: int) -> torch.Tensor:
         """Zeros on this module's device and dtype (for init_state): its parameters', or where every weight is a
         reduced-precision buffer (``seqmix.layers.low_precision``), the dtype those layers compute in."""

@@ -76,20 +76,9 @@ class GatedDeltaNet(Mixer):
         return state
 
     def forward(self, x, state=None, shared=None):
-        T = x.shape[1]
-        if T <= self.piece or torch.is_grad_enabled():
-            y, new_state = self._forward(x, state)
-            return y, (None if state is None else new_state)
-        # inference over a long sequence: piece by piece through the carried state (exact, the layer is causal), so
-        # every intermediate is [B, piece, ·] and stays in cache instead of being allocated at the full length
-        carried, ys = state, []
-        for i in range(0, T, self.piece):
-            y, carried = self._forward(x[:, i:i + self.piece], carried)
-            ys.append(y)
-        return torch.cat(ys, 1), (None if state is None else carried)
+        return self._in_pieces(x, state, self.piece)
 
     def _forward(self, x, state):
-        """The layer over x [B, T, d_model] from `state` (None = zeros): (y, new state)."""
         H, Hk, T = self.n_heads, self.n_k_heads, x.shape[1]
         new_state = {}
         if self.conv is not None:  # one convolution over the three projections side by side

@@ -26,15 +26,16 @@ class LightningAttention(Mixer):
     prefill and per-token decode compute this recurrence.
 
     Options: ``head_dim`` (None = d_model / n_heads), ``norm_eps`` (transformers' default 1e-6),
-    ``chunk_size``. State: {"S": [B, H, head_dim, head_dim]}.
+    ``chunk_size``, ``piece`` (outside autograd a longer sequence runs ``piece`` tokens at a time, see
+    ``Mixer._in_pieces``). State: {"S": [B, H, head_dim, head_dim]}.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, layer_idx: int = 0, n_layers: int = 1,
                  head_dim: Annotated[int, POSITIVE] | None = None, norm_eps: Annotated[float, POSITIVE] = 1e-6,
-                 chunk_size: Annotated[int, POSITIVE] = 64):
+                 chunk_size: Annotated[int, POSITIVE] = 64, piece: Annotated[int, POSITIVE] = 1024):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers, head_dim=head_dim)
         width = n_heads * self.head_dim
-        self.chunk_size = chunk_size
+        self.chunk_size, self.piece = chunk_size, piece
         self.qkv = Linear(d_model, 3 * width, bias=False)
         self.register_buffer("slopes", minimax_slopes(n_heads, layer_idx, n_layers))
         self.norm = RMSNorm(width, norm_eps)
@@ -45,6 +46,9 @@ class LightningAttention(Mixer):
         return {"S": self._zeros(batch_size, self.n_heads, self.head_dim, self.head_dim)}
 
     def forward(self, x, state=None, shared=None):
+        return self._in_pieces(x, state, self.piece)
+
+    def _forward(self, x, state):
         B, T, _ = x.shape
         qkv = F.silu(self.qkv(x)).view(B, T, self.n_heads, 3 * self.head_dim)  # per head [q_h, k_h, v_h]
         q, k, v = qkv.transpose(1, 2).split(self.head_dim, dim=-1)
@@ -56,4 +60,4 @@ class LightningAttention(Mixer):
         else:
             o, S = op.chunked(q, k, v, log_decay, S, 1.0, self.chunk_size)
         y = self.out(self.norm(merge_heads(o)) * torch.sigmoid(self.gate(x)))
-        return y, (None if state is None else {"S": S})
+        return y, {"S": S}

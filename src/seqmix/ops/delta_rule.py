@@ -33,54 +33,20 @@ Forms:
   Chunks are a power of two long (both block algorithms halve them).
 * ``step`` — one token.
 
-``gated_chunked`` (the gated rule's own chunked form) runs on a C++ kernel of seqmix's own outside autograd on
-the CPU (``gated_delta_cpu.cpp``: the same algorithm one key head at a time with each chunk's work in cache,
-float32 and float64), and in torch operations otherwise or where the kernel cannot be built.
+``gated_chunked`` (the gated rule's own chunked form) runs on seqmix's CPU kernel outside autograd
+(``ops.head_decay``: the same algorithm one key head at a time with each chunk's work in cache), and in torch
+operations otherwise or where the kernel cannot be built.
 """
 from __future__ import annotations
-
-import contextlib
-import pathlib
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from seqmix.native import Kernel
 from seqmix.ops import gated_linear_attention as gla
+from seqmix.ops import head_decay
 
 Tensor = torch.Tensor
-
-
-def _register_fake():
-    @torch.library.register_fake("seqmix::gated_delta_chunked")
-    def _(q, k, v, beta, log_alpha, state, scale, chunk):
-        (B, _, T, Dk), H, Dv = q.shape, v.shape[1], v.shape[-1]
-        return q.new_empty(B, T, H, Dv).transpose(1, 2), q.new_empty(B, H, Dk, Dv)
-
-
-KERNEL = Kernel(pathlib.Path(__file__).with_name("gated_delta_cpu.cpp"), "the gated delta rule's CPU kernel",
-                "its chunked form runs in torch operations instead", on_load=_register_fake)
-_kernel_allowed = [True]
-
-
-@contextlib.contextmanager
-def kernel_allowed(allowed: bool):
-    """Inside this block ``gated_chunked`` uses the C++ kernel only if ``allowed`` (tests run both paths)."""
-    previous, _kernel_allowed[0] = _kernel_allowed[0], allowed
-    try:
-        yield
-    finally:
-        _kernel_allowed[0] = previous
-
-
-def _kernel_takes(*tensors: Tensor | None) -> bool:
-    """Whether the kernel runs these inputs: allowed, nothing that autograd records, all on the CPU in float32 or
-    float64, and the kernel built (on the first call that gets this far)."""
-    present = [t for t in tensors if t is not None]
-    return (_kernel_allowed[0] and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
-            and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in present)
-            and len({t.dtype for t in present}) == 1 and KERNEL.available())
 
 
 def _prepare(q, k, v, a, b, log_w, state, scale):
@@ -288,8 +254,8 @@ def gated_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tens
                          f"beta {tuple(beta.shape)}, log_alpha "
                          f"{None if log_alpha is None else tuple(log_alpha.shape)} do not match")
     C = gla.chunk_length(T, chunk_size, power_of_two=True)  # the recursive-doubling solve halves chunks
-    if _kernel_takes(q, k, v, beta, log_alpha, state):
-        return torch.ops.seqmix.gated_delta_chunked(q, k, v, beta, log_alpha, state, scale, C)
+    if head_decay.takes(q, k, v, beta, log_alpha, state):
+        return head_decay.run(q, k, v, beta, log_alpha, state, scale, C)
     span = max(C, span // C * C)
     S = (q.new_zeros(B, H, Dk, Dv) if state is None else state).flatten(0, 1)
     g = q.new_zeros(B, H, T) if log_alpha is None else log_alpha

@@ -14,6 +14,8 @@ Numerics: decays are only ever applied as exp of a *non-positive* log-space sum
 Per-channel decay inside a chunk has no single-matmul form (the decay depends on t, s and the channel);
 `_ChannelScores` covers the chunk's pairs by recursive halving, each level a batched matmul whose decay
 factorises through the midpoint of a block, so no [C, C, Dk] tensor is ever formed.
+
+With one decay per head, or none, ``chunked`` runs on seqmix's CPU kernel outside autograd (``ops.head_decay``).
 """
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from seqmix.ops import head_decay
+
 Tensor = torch.Tensor
 
-def _prepare(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, state: Tensor | None, scale: float):
+def _checked_decay(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None) -> Tensor | None:
+    """The shapes checked; log_decay as [B, H, T, 1] or [B, H, T, Dk]."""
     B, H, T, Dk = q.shape
     if k.shape != q.shape or v.shape[:3] != (B, H, T):
         raise ValueError(f"gated_linear_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
@@ -32,6 +37,12 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, state: T
             log_decay = log_decay.unsqueeze(-1)
         if log_decay.shape[:3] != (B, H, T) or log_decay.shape[-1] not in (1, Dk):
             raise ValueError(f"gated_linear_attention: log_decay must be [B,H,T] or [B,H,T,Dk], got {tuple(log_decay.shape)}")
+    return log_decay
+
+
+def _prepare(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, state: Tensor | None, scale: float):
+    log_decay = _checked_decay(q, k, v, log_decay)
+    B, H, T, Dk = q.shape
     if state is None:
         state = q.new_zeros(B, H, Dk, v.shape[-1])
     return q * scale, log_decay, state
@@ -227,10 +238,14 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, st
 
     Any T: the tail is padded with k = v = 0 and g = 0, which leaves outputs and the final state unchanged.
     """
+    g = _checked_decay(q, k, v, log_decay)
+    per_channel = g is not None and g.shape[-1] > 1
+    C = chunk_length(q.shape[2], chunk_size, power_of_two=per_channel)
+    if not per_channel and head_decay.takes(q, k, v, g, state):
+        return head_decay.run(q, k, v, None, None if g is None else g[..., 0], state, scale, C)
     q, g, S = _prepare(q, k, v, log_decay, state, scale)
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
-    C = chunk_length(T, chunk_size, power_of_two=g is not None and g.shape[-1] > 1)
     pad = (-T) % C
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
