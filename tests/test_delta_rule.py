@@ -238,8 +238,33 @@ def test_the_kernel_takes_strided_inputs_and_leaves_autograd_to_torch():
     assert_close(o, expected, atol=1e-12, rtol=1e-12, what="kernel output")
     assert_close(S, S_end, atol=1e-12, rtol=1e-12, what="kernel state")
     assert o.transpose(1, 2).is_contiguous()  # heads merge for free
+    same_key = k[:, :, :1].expand(-1, -1, 50, -1)  # rows 0 apart: the kernel copies what the BLAS cannot read
+    for x in (same_key, same_key[:, :, :1]):
+        with head_decay.allowed(False):
+            expected, S_end = dr.gated_chunked(x, x, v[:, :, :x.shape[2]], beta[:, :, :x.shape[2]],
+                                               log_alpha[:, :, :x.shape[2]], S0, 0.5, 16)
+        o, S = dr.gated_chunked(x, x, v[:, :, :x.shape[2]], beta[:, :, :x.shape[2]], log_alpha[:, :, :x.shape[2]],
+                                S0, 0.5, 16)
+        assert_close(o, expected, atol=1e-12, rtol=1e-12, what="kernel output, broadcast keys")
+        assert_close(S, S_end, atol=1e-12, rtol=1e-12, what="kernel state, broadcast keys")
     o, S = dr.gated_chunked(q, k, v.requires_grad_(), beta, log_alpha, S0, 0.5, 16)
     assert o.grad_fn is not None
+
+
+@pytest.mark.parametrize("heads", [(1, 2), (2, 4)])  # one job (run inline, BLAS free to thread) or several
+def test_the_kernel_does_not_depend_on_the_thread_count(heads):
+    if not head_decay.KERNEL.available():
+        pytest.skip(f"kernel not built: {head_decay.KERNEL.status['reason']}")
+    Hk, H = heads
+    q, k, v, beta, log_alpha = (x.float() for x in _gated_inputs(300, B=1, H=H, Dk=64, Dv=64))
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(dr.gated_chunked(q[:, :Hk], k[:, :Hk], v, beta, log_alpha, None, 0.125, 32))
+    finally:
+        torch.set_num_threads(1)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
 def test_gated_chunked_bad_shapes_are_refused():

@@ -159,7 +159,11 @@ void run(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const
   });
 }
 
-at::Tensor last_dim_contiguous(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+// x [B, H, T, D] as the BLAS reads it: D contiguous and rows at least D apart (a broadcast or size-one token
+// dimension may have any stride), otherwise a fresh row-major copy.
+at::Tensor blas_rows(const at::Tensor& x) {
+  return x.stride(3) == 1 && x.stride(2) >= x.size(3) ? x : x.clone(at::MemoryFormat::Contiguous);
+}
 
 std::tuple<at::Tensor, at::Tensor> head_decay_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                       const c10::optional<at::Tensor>& beta,
@@ -184,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor> head_decay_chunked(const at::Tensor& q, const
   TORCH_CHECK(S.sizes() == at::IntArrayRef({B, H, Dk, Dv}) && S.scalar_type() == q.scalar_type(),
               "head_decay_chunked: state must be [B, H, Dk, Dv] in q's dtype");
   at::Tensor o = q.new_empty({B, L, H, Dv});
-  const auto q1 = last_dim_contiguous(q), k1 = last_dim_contiguous(k), v1 = last_dim_contiguous(v);
+  const auto q1 = blas_rows(q), k1 = blas_rows(k), v1 = blas_rows(v);
   if (q.scalar_type() == at::kFloat)
     run<float>(q1, k1, v1, beta, log_decay, o, S, scale, chunk);
   else
