@@ -1,4 +1,6 @@
 """The generalised delta rule op: oracle, WY/UT chunked and step forms agree; DeltaNet and RWKV-7 as cases."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -265,6 +267,20 @@ def test_the_kernel_does_not_depend_on_the_thread_count(heads):
     finally:
         torch.set_num_threads(1)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_the_torch_form(monkeypatch):
+    monkeypatch.setattr(head_decay.KERNEL, "status", {})
+    monkeypatch.setattr(head_decay.KERNEL, "compiler", lambda: "/nonexistent/c++")
+    q, k, v, beta, log_alpha = _gated_inputs(20)
+    with head_decay.allowed(False):
+        expected = dr.gated_chunked(q, k, v, beta, log_alpha, chunk_size=8)
+    with pytest.warns(RuntimeWarning, match="could not be built.*torch operations instead"):
+        got = dr.gated_chunked(q, k, v, beta, log_alpha, chunk_size=8)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not retried, no second warning
+        assert not head_decay.takes(q, k, v)
 
 
 def test_gated_chunked_bad_shapes_are_refused():
