@@ -25,7 +25,8 @@ class Mamba2(Mixer):
     ``dt_limit`` ((low, high): clamp Δ after the softplus; None = no clamp), ``bias`` (biases on in_proj and
     out_proj), ``conv_bias`` (bias of the conv), ``norm_eps`` (eps of the gated RMSNorm), ``gate_norm`` (the
     output's gate and norm: "gate_then_norm", RMSNorm(y · SiLU(z)), Mamba-2's; "norm_then_gate",
-    RMSNorm(y) · SiLU(z); "gate_only", y · SiLU(z) without a norm: Falcon-H1's ``mamba_rms_norm=False``).
+    RMSNorm(y) · SiLU(z); "gate_only", y · SiLU(z) without a norm: Falcon-H1's ``mamba_rms_norm=False``),
+    ``piece`` (outside autograd a longer sequence runs ``piece`` tokens at a time, see ``Mixer._in_pieces``).
     Every head has one scalar A = −exp(A_log) (init A ~ U[1, 16]) and one D (init 1). The gated RMSNorm
     gates first and normalises over groups of d_inner / ngroups channels (Mamba-2's norm_before_gate=False).
     State: {"conv": [B, d_conv−1, d_inner + 2·G·N] (pre-conv inputs), "ssm": [B, heads, N, P]}.
@@ -39,8 +40,10 @@ class Mamba2(Mixer):
                  dt_limit: tuple[Annotated[float, NON_NEGATIVE], float] | None = None, bias: bool = False,
                  conv_bias: bool = True, norm_eps: Annotated[float, POSITIVE] = 1e-5,
                  d_inner: Annotated[int, POSITIVE] | None = None,
-                 gate_norm: Literal["gate_then_norm", "norm_then_gate", "gate_only"] = "gate_then_norm"):
+                 gate_norm: Literal["gate_then_norm", "norm_then_gate", "gate_only"] = "gate_then_norm",
+                 piece: Annotated[int, POSITIVE] = 1024):
         super().__init__(d_model, n_heads, layer_idx=layer_idx, n_layers=n_layers)
+        self.piece = piece
         d_inner = d_inner or inner_width("mamba2", expand, d_model)
         if dt_limit is not None:
             if not dt_limit[0] < dt_limit[1]:
@@ -75,6 +78,9 @@ class Mamba2(Mixer):
                 "ssm": self._zeros(batch_size, self.heads, self.d_state, self.headdim)}
 
     def forward(self, x, state=None, shared=None):
+        return self._in_pieces(x, state, self.piece)
+
+    def _forward(self, x, state):
         Bsz, T, _ = x.shape
         H, G, N, P = self.heads, self.ngroups, self.d_state, self.headdim
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], dim=-1)
@@ -97,5 +103,4 @@ class Mamba2(Mixer):
             y = self.norm(y * F.silu(z))
         else:
             y = y * F.silu(z) if self.gate_norm == "gate_only" else self.norm(y, z)
-        y = self.out_proj(y)
-        return y, (None if state is None else {"conv": conv_tail, "ssm": S})
+        return self.out_proj(y), {"conv": conv_tail, "ssm": S}

@@ -4,7 +4,7 @@
 
 * the gated delta rule S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ (``delta_rule.gated_chunked``), and
 * gated linear attention S_t = α_t S_{t−1} + k_t v_tᵀ with α_t one scalar per head, or none
-  (``gated_linear_attention.chunked``: linear attention, lightning attention, per-head GLA),
+  (``gated_linear_attention.chunked``: linear attention, Mamba-2's SSD, lightning attention, per-head GLA),
 
 with o_t = S_tᵀ (scale · q_t). Those functions call ``run`` when ``takes`` their inputs: outside autograd, on the
 CPU, float32 or float64, the kernel built (``seqmix.native``; where it cannot be, one warning and the torch code
