@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from seqmix import ModelConfig, SeqMixLM, available_mixers
 from seqmix.cli import main
 from seqmix.data.tokenizer import ByteTokenizer
-from seqmix.layers import Linear, cached
+from seqmix.layers import Linear, cached, few_rows
 from seqmix.layers.inference import INFERENCE_ROWS
 from seqmix.model.generate import (CompiledDecoder, CudaGraphStep, TextStream, _fast_step, _shapes, generate,
                                   sample)
@@ -40,24 +40,29 @@ def test_cached_value_refreshes_on_in_place_update_and_on_replacement_and_is_nev
     assert len(calls) == 6
 
 
-@pytest.mark.parametrize("shape", [(5,), (2, 3, 5), (INFERENCE_ROWS + 1, 5)])
+@pytest.mark.parametrize("rows", [(1,), (2, 3), (INFERENCE_ROWS + 1,)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_inference_layout_equals_f_linear(shape, bias):
+@pytest.mark.parametrize("width", [(5, 7), (512, 130)])  # below and above few_rows.MIN_WEIGHT elements
+def test_linear_inference_layout_equals_f_linear(rows, bias, width):
+    """Every path equals F.linear; the transposed copy is cached only for few-row products over a weight large
+    enough to leave the cache (a small one keeps F.linear, without the cache's checks)."""
     torch.manual_seed(0)
-    lin = Linear(5, 7, bias=bias).double()
-    x = torch.randn(*shape, dtype=torch.float64)
+    (d_in, d_out), split = width, (3, width[1] - 3)
+    lin = Linear(d_in, d_out, bias=bias).double()
+    x = torch.randn(*rows, d_in, dtype=torch.float64)
     expected = F.linear(x, lin.weight, lin.bias)
     with torch.no_grad():
         assert torch.allclose(lin(x), expected, atol=1e-12, rtol=0)
-        parts = lin.parts(x, (3, 4))
-        residual = torch.randn(*shape[:-1], 7, dtype=torch.float64)
+        parts = lin.parts(x, split)
+        residual = torch.randn(*rows, d_out, dtype=torch.float64)
         added = lin.add_to(residual, x)
     assert torch.allclose(torch.cat(parts, -1), expected, atol=1e-12, rtol=0)
     assert torch.allclose(added, residual + expected, atol=1e-12, rtol=0)
-    parts = lin.parts(x, (3, 4))  # training: one product per block of rows, gradients flow
+    parts = lin.parts(x, split)  # training: one product per block of rows, gradients flow
     torch.cat(parts, -1).sum().backward()
     assert lin.weight.grad is not None and torch.allclose(torch.cat(parts, -1), expected, atol=1e-12, rtol=0)
-    assert "_inference_cache" in lin.__dict__ or len(shape) == 2 and shape[0] > INFERENCE_ROWS
+    few_rows_large = d_in * d_out >= few_rows.MIN_WEIGHT and rows[0] <= INFERENCE_ROWS
+    assert ("_inference_cache" in lin.__dict__) == few_rows_large
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "mamba2", "rwkv4", "s4d", "ttt_linear"])
