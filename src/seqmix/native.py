@@ -60,7 +60,9 @@ class Kernel:
                                         version, torch.__version__, torch.backends.cpu.get_cpu_capability()]).encode())
         target = cache_dir() / f"{self.source.stem}_{key.hexdigest()[:16]}.so"
         if not target.exists():
-            print(f"seqmix: compiling {self.what} for this machine (once; cached in {target.parent})", file=sys.stderr)
+            from tqdm import tqdm  # its write() keeps an active progress bar intact
+            tqdm.write(f"seqmix: compiling {self.what} for this machine (once; cached in {target.parent})",
+                       file=sys.stderr)
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as folder:  # built aside, then moved in at once
                 built = pathlib.Path(folder) / target.name
