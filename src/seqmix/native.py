@@ -8,6 +8,7 @@ headers, a symbol torch does not export), it warns once with the reason and the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -45,12 +46,23 @@ class Kernel:
     """One C++ source, built and loaded at most once per process.
 
     ``what`` names the kernel and ``instead`` says what runs without it, for the one warning a failed build gives;
-    ``on_load`` runs once after loading (e.g. to register fake implementations for ``torch.export``)."""
+    ``on_load`` runs once after loading (e.g. to register fake implementations for ``torch.export``); ``enabled``
+    is whether its callers may use it (switched inside ``switched``)."""
 
-    def __init__(self, source: pathlib.Path, what: str, instead: str, on_load: Callable[[], None] | None = None):
-        self.source, self.what, self.instead, self.on_load = source, what, instead, on_load
+    def __init__(self, source: pathlib.Path, what: str, instead: str, on_load: Callable[[], None] | None = None,
+                 enabled: bool = True):
+        self.source, self.what, self.instead, self.on_load, self.enabled = source, what, instead, on_load, enabled
         self.status: dict = {}  # "ok": bool, "reason": str
         self.compiler = compiler
+
+    @contextlib.contextmanager
+    def switched(self, enabled: bool):
+        """``enabled`` set to the given value inside this block, restored after it."""
+        previous, self.enabled = self.enabled, enabled
+        try:
+            yield
+        finally:
+            self.enabled = previous
 
     def build(self) -> pathlib.Path:
         """The compiled library for this source, command, compiler and torch (compiled if not in the cache)."""

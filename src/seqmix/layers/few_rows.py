@@ -12,7 +12,6 @@ turns it on for ``seqmix.layers.Linear`` while the decode step is exported.
 """
 from __future__ import annotations
 
-import contextlib
 import pathlib
 
 import torch
@@ -21,7 +20,6 @@ from seqmix.native import Kernel
 
 MAX_ROWS = 4  # up to this many rows (batch × tokens) a product runs on the kernel; more go to torch's GEMM
 MIN_WEIGHT = 65536  # elements (256 KB in float32): smaller weights stay in cache, where torch's BLAS is as fast
-_active = [False]
 
 
 def _register_fake():
@@ -29,7 +27,7 @@ def _register_fake():
 
 
 KERNEL = Kernel(pathlib.Path(__file__).with_name("few_rows.cpp"), "the few-row product kernel",
-                "decoding uses torch's matrix products instead", on_load=_register_fake)
+                "decoding uses torch's matrix products instead", on_load=_register_fake, enabled=False)
 
 
 def available() -> bool:
@@ -45,7 +43,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the kernel takes this product: turned on (``in_use``), float32 on CPU, at most ``MAX_ROWS`` rows
     and a weight of at least ``MIN_WEIGHT`` elements (measured here: with 8 rows torch's GEMM is faster over a
     [512, 1024] weight, and over an [80, 320] one, which stays in cache, by about 1 µs at any row count)."""
-    return (_active[0] and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    return (KERNEL.enabled and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.numel() <= MAX_ROWS * x.shape[-1] and weight.numel() >= MIN_WEIGHT)
 
 
@@ -60,11 +58,6 @@ def prefers_transposed(out_features: int, in_features: int) -> bool:
     return 2 * out_features > in_features or out_features * in_features < MIN_WEIGHT
 
 
-@contextlib.contextmanager
 def in_use():
     """Products of few rows in ``seqmix.layers.Linear`` run on the kernel inside this block (when it is built)."""
-    previous, _active[0] = _active[0], available()
-    try:
-        yield
-    finally:
-        _active[0] = previous
+    return KERNEL.switched(available())

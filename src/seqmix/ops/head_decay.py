@@ -12,7 +12,6 @@ runs). ``allowed(False)`` keeps the torch code (tests run both).
 """
 from __future__ import annotations
 
-import contextlib
 import pathlib
 
 import torch
@@ -32,24 +31,18 @@ def _register_fake():
 KERNEL = Kernel(pathlib.Path(__file__).with_name("head_decay_cpu.cpp"), "the CPU kernel of per-head-decay linear "
                 "attention and the gated delta rule", "their chunked forms run in torch operations instead",
                 on_load=_register_fake)
-_allowed = [True]
 
 
-@contextlib.contextmanager
 def allowed(flag: bool):
     """Inside this block the chunked forms use the kernel only if ``flag``."""
-    previous, _allowed[0] = _allowed[0], flag
-    try:
-        yield
-    finally:
-        _allowed[0] = previous
+    return KERNEL.switched(flag)
 
 
 def takes(*tensors: Tensor | None) -> bool:
     """Whether the kernel runs these inputs: allowed, nothing that autograd records, all on the CPU in one dtype,
     float32 or float64, and the kernel built (on the first call that gets this far)."""
     present = [t for t in tensors if t is not None]
-    return (_allowed[0] and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+    return (KERNEL.enabled and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
             and all(t.device.type == "cpu" for t in present) and len({t.dtype for t in present}) == 1
             and present[0].dtype in (torch.float32, torch.float64) and KERNEL.available())
 
