@@ -47,11 +47,11 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, state: State | None = None, shared: dict | None = None):
-        raise NotImplementedError
+        """A mixer overrides this, or implements ``_forward`` and sets ``self.piece`` (see ``_in_pieces``)."""
+        return self._in_pieces(x, state, self.piece)
 
     def _forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        """The layer over x [B, T, d_model] from ``state`` (None = zeros): (y, new state). Mixers that run long
-        sequences in pieces (``_in_pieces``) implement this."""
+        """The layer over x [B, T, d_model] from ``state`` (None = zeros): (y, new state)."""
         raise NotImplementedError
 
     def _in_pieces(self, x: torch.Tensor, state: State | None, piece: int):

@@ -75,9 +75,6 @@ class GatedDeltaNet(Mixer):
             state["conv"] = self.conv.init_state(batch_size)
         return state
 
-    def forward(self, x, state=None, shared=None):
-        return self._in_pieces(x, state, self.piece)
-
     def _forward(self, x, state):
         H, Hk, T = self.n_heads, self.n_k_heads, x.shape[1]
         new_state = {}

@@ -45,9 +45,6 @@ class LightningAttention(Mixer):
     def init_state(self, batch_size: int):
         return {"S": self._zeros(batch_size, self.n_heads, self.head_dim, self.head_dim)}
 
-    def forward(self, x, state=None, shared=None):
-        return self._in_pieces(x, state, self.piece)
-
     def _forward(self, x, state):
         B, T, _ = x.shape
         qkv = F.silu(self.qkv(x)).view(B, T, self.n_heads, 3 * self.head_dim)  # per head [q_h, k_h, v_h]

@@ -77,9 +77,6 @@ class Mamba2(Mixer):
         return {"conv": self.conv.init_state(batch_size),
                 "ssm": self._zeros(batch_size, self.heads, self.d_state, self.headdim)}
 
-    def forward(self, x, state=None, shared=None):
-        return self._in_pieces(x, state, self.piece)
-
     def _forward(self, x, state):
         Bsz, T, _ = x.shape
         H, G, N, P = self.heads, self.ngroups, self.d_state, self.headdim

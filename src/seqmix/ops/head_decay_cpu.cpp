@@ -184,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> head_decay_chunked(const at::Tensor& q, const
       TORCH_CHECK((*x)->sizes() == at::IntArrayRef({B, H, L}) && (*x)->scalar_type() == q.scalar_type() &&
                       (*x)->device().is_cpu(),
                   "head_decay_chunked: beta and log_decay must be [B, H, T] in q's dtype");
-  at::Tensor S = state ? state->contiguous().clone() : q.new_zeros({B, H, Dk, Dv});
+  at::Tensor S = state ? state->clone(at::MemoryFormat::Contiguous) : q.new_zeros({B, H, Dk, Dv});
   TORCH_CHECK(S.sizes() == at::IntArrayRef({B, H, Dk, Dv}) && S.scalar_type() == q.scalar_type(),
               "head_decay_chunked: state must be [B, H, Dk, Dv] in q's dtype");
   at::Tensor o = q.new_empty({B, L, H, Dv});
